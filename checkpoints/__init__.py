@@ -1,0 +1,1 @@
+"""Small checkpoints shipped with robgen (safetensors weights + JSON metadata, one model card each)."""

@@ -1,0 +1,167 @@
+"""Checkpoints: safetensors weights + JSON metadata; an explicit import step for foreign PyTorch files.
+
+Loading never unpickles arbitrary objects: robgen files are safetensors, foreign files go through
+torch.load(weights_only=True) in `import_checkpoint`.
+"""
+from __future__ import annotations
+
+import pickle
+import re
+import zipfile
+from importlib import resources
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from ..errors import RobgenError
+from ..utils import atomic_path, sha256_file
+from . import Classifier, ModelMeta, build_classifier
+
+FORMAT = "robgen-classifier/1"
+SUFFIX = ".safetensors"
+DEFAULT_CHECKPOINT = "weat_c10_small"
+
+
+def shipped_dir() -> Path:
+    return Path(str(resources.files("robgen.checkpoints")))
+
+
+def shipped_checkpoints() -> list[str]:
+    return sorted(p.stem for p in shipped_dir().glob(f"*{SUFFIX}"))
+
+
+def resolve_checkpoint(spec: str | Path | None) -> Path:
+    """A path to an existing file, or the name of a shipped checkpoint (None: the default one)."""
+    spec = DEFAULT_CHECKPOINT if spec is None else spec
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    stem = path.name.removesuffix(path.suffix) if path.suffix in (SUFFIX, ".pt", ".pth") else path.name
+    shipped = shipped_dir() / f"{stem}{SUFFIX}"
+    if path.parent == Path(".") and shipped.is_file():
+        return shipped
+    known = ", ".join(shipped_checkpoints()) or "none"
+    raise RobgenError(f"no checkpoint {str(spec)!r}: not a file, nor a shipped checkpoint (shipped: {known})")
+
+
+def save_classifier(model: Classifier, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write weights (optionally cast to `dtype`, e.g. float16) and metadata atomically."""
+    tensors = {}
+    for key, value in model.net.state_dict().items():
+        value = value.detach().cpu()
+        if dtype is not None and value.is_floating_point():
+            value = value.to(dtype)
+        tensors[key] = value.contiguous()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT, "robgen": model.meta.to_json()})
+    return path
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise RobgenError(
+            f"{path} is not a readable robgen checkpoint ({err}); if it is a PyTorch .pt/.pth file, "
+            f"convert it with `robgen import {path} --arch ARCH --out NAME{SUFFIX}`"
+        ) from None
+    return tensors, header
+
+
+def read_meta(path: str | Path) -> ModelMeta:
+    _, header = _read_safetensors(Path(path))
+    if "robgen" not in header:
+        raise RobgenError(f"{path} is a safetensors file without robgen metadata; convert it with `robgen import`")
+    return ModelMeta.from_json(header["robgen"])
+
+
+def load_state_checked(net: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """load_state_dict, but a mismatch is one line naming the first differing key."""
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"first missing key {missing[0]!r} ({len(missing)} missing)")
+        if unexpected:
+            parts.append(f"first unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected)")
+        raise RobgenError(f"{source} does not fit architecture {type(net).__name__}: " + "; ".join(parts))
+    for key, value in expected.items():
+        if value.shape != state[key].shape:
+            raise RobgenError(
+                f"{source} does not fit the architecture: {key!r} has shape {tuple(state[key].shape)}, "
+                f"expected {tuple(value.shape)}"
+            )
+    net.load_state_dict(state)
+
+
+def load_classifier(spec: str | Path | None = None, device: str | torch.device = "cpu") -> Classifier:
+    """Load a robgen checkpoint (a path or a shipped name; None: the default) in eval mode."""
+    path = resolve_checkpoint(spec)
+    tensors, header = _read_safetensors(path)
+    if "robgen" not in header:
+        raise RobgenError(f"{path} is a safetensors file without robgen metadata; convert it with `robgen import`")
+    model = build_classifier(ModelMeta.from_json(header["robgen"]))
+    load_state_checked(model.net, tensors, str(path))
+    return model.to(device).eval()
+
+
+def checkpoint_id(spec: str | Path | None) -> dict[str, str]:
+    """Where a checkpoint came from, for manifests: its path and sha256."""
+    path = resolve_checkpoint(spec)
+    return {"path": str(path), "sha256": sha256_file(path)}
+
+
+_STATE_KEYS = ("model_state_dict", "state_dict", "model", "net")
+
+
+def _foreign_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    # torch.save writes a zip archive (PK..) or, in the legacy format, a pickle (protocol byte 0x80).
+    if not (magic.startswith(b"PK") or magic.startswith(b"\x80")):
+        hint = " (it looks like an HTML page: a failed download?)" if magic.lstrip()[:1] == b"<" else ""
+        raise RobgenError(f"{path} is not a PyTorch checkpoint{hint}")
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        what = found.group(1) if found else "an object that is not a tensor"
+        raise RobgenError(
+            f"{path} needs arbitrary code to unpickle ({what}) and robgen will not run it; "
+            "re-save it as a plain state_dict of tensors"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise RobgenError(f"{path} is not a readable PyTorch checkpoint (truncated? {first})") from None
+    # RobustBench files wrap weights in "state_dict"; JEM-style files in "model_state_dict" beside a replay buffer.
+    while isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        inner = next((obj[k] for k in _STATE_KEYS if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            raise RobgenError(f"{path} holds no state_dict (top-level keys: {', '.join(map(str, obj))[:200]})")
+        obj = inner
+    if not isinstance(obj, dict):
+        raise RobgenError(f"{path} holds a {type(obj).__name__}, not a state_dict")
+    if "model_state_dict" in obj and isinstance(obj["model_state_dict"], dict):
+        obj = obj["model_state_dict"]
+    state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    for prefix in ("module.", "model."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def import_checkpoint(src: str | Path, meta: ModelMeta) -> Classifier:
+    """Read a foreign state_dict (plain, `module.`-prefixed, RobustBench- or JEM-style) into a robgen Classifier."""
+    src = Path(src)
+    if not src.is_file():
+        raise RobgenError(f"no file {str(src)!r}")
+    model = build_classifier(meta)
+    load_state_checked(model.net, _foreign_state_dict(src), str(src))
+    return model.eval()
