@@ -7,6 +7,7 @@ import sys
 import click
 
 from .errors import RobgenError
+from .evaluate import DEFAULTS as EVAL_DEFAULTS
 
 
 class RobgenGroup(click.Group):
@@ -32,6 +33,153 @@ def emit(result: dict, as_json: bool, lines: list[str]) -> None:
     else:
         for line in lines:
             click.echo(line)
+
+
+class FloatOrFraction(click.ParamType):
+    """A float written plainly or as a fraction, e.g. 8/255."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            return value
+        try:
+            num, _, den = str(value).partition("/")
+            return float(num) / float(den) if den else float(num)
+        except (ValueError, ZeroDivisionError):
+            self.fail(f"{value!r} is not a number or fraction like 8/255", param, ctx)
+
+
+FLOAT = FloatOrFraction()
+
+
+def floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(FLOAT.convert(v, None, None) for v in text.split(","))
+    except click.BadParameter as err:
+        raise RobgenError(err.message) from None
+
+
+ckpt_option = click.option(
+    "--ckpt", default=None, help="robgen checkpoint (.safetensors) or shipped name; default: the shipped default"
+)
+data_root_option = click.option("--data-root", default=None, help="dataset root (default: $ROBGEN_DATA or ./data)")
+download_option = click.option("--download", is_flag=True, help="download torchvision datasets (needs internet)")
+device_option = click.option("--device", default="auto", help="cpu, cuda, cuda:1, or auto")
+seed_option = click.option("--seed", default=EVAL_DEFAULTS["seed"], type=int, help="random seed: the same seed gives the same output")
+json_option = click.option("--json", "as_json", is_flag=True, help="print machine-readable JSON")
+
+
+def check_compatible(meta, spec) -> None:
+    """A model can only be scored on data with its number of classes and input shape."""
+    if meta.num_classes != spec.num_classes or tuple(meta.input_shape) != tuple(spec.input_shape):
+        raise RobgenError(
+            f"checkpoint expects {meta.num_classes} classes of shape {tuple(meta.input_shape)}, but dataset "
+            f"{spec.name} has {spec.num_classes} classes of shape {tuple(spec.input_shape)}; pass a matching --data"
+        )
+
+
+@main.command("info")
+@ckpt_option
+@json_option
+def info_cmd(ckpt, as_json):
+    """Metadata, parameter count, and a check that weights and architecture agree."""
+    from .models.checkpoint import checkpoint_id, load_classifier
+
+    model = load_classifier(ckpt)  # raises on any weight/architecture mismatch
+    meta = model.meta
+    result = {
+        **checkpoint_id(ckpt),
+        **{k: v for k, v in vars(meta).items()},
+        "parameters": sum(p.numel() for p in model.net.parameters()),
+        "weights_match_architecture": True,
+    }
+    emit(result, as_json, [
+        f"checkpoint  {result['path']}  (sha256 {result['sha256'][:16]})",
+        f"arch        {meta.arch}, {result['parameters']:,} parameters; weights match the architecture",
+        f"input       {meta.input_shape}, mean {meta.mean}, std {meta.std}",
+        f"classes     {meta.num_classes}: {', '.join(meta.class_names)}",
+        f"dataset     {meta.dataset or '-'}",
+        f"recipe      {json.dumps(meta.recipe, sort_keys=True) if meta.recipe else '-'}",
+        f"metrics     {json.dumps(meta.metrics, sort_keys=True) if meta.metrics else '-'}",
+    ])
+
+
+@main.command("import")
+@click.argument("src", type=click.Path(dir_okay=False))
+@click.option("--arch", required=True, help="architecture the weights belong to (see `robgen info` / ARCHS)")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="robgen checkpoint to write")
+@click.option("--data", default="cifar10", help="dataset the model was trained on (classes, input shape)")
+@click.option("--mean", default=None, help="per-channel mean the model expects, e.g. 0.49,0.48,0.45 (default: none)")
+@click.option("--std", default=None, help="per-channel std the model expects (default: none)")
+@click.option("--fp16", is_flag=True, help="store weights in float16 (half the size)")
+@click.option("--overwrite", is_flag=True, help="replace an existing --out file")
+def import_cmd(src, arch, out, data, mean, std, fp16, overwrite):
+    """Convert a foreign PyTorch file (state_dict, RobustBench, JEM-style) into a robgen checkpoint.
+
+    Reads with torch.load(weights_only=True): files that need arbitrary code are refused.
+    RobustBench models take raw [0, 1] inputs, hence no normalisation unless --mean/--std say otherwise.
+    """
+    import torch
+
+    from .data import dataset_spec
+    from .models import ModelMeta
+    from .models.checkpoint import import_checkpoint, save_classifier
+    from pathlib import Path
+
+    if Path(out).exists() and not overwrite:
+        raise RobgenError(f"{out} exists; pass --overwrite to replace it")
+    spec = dataset_spec(data)
+    channels = spec.input_shape[0]
+    meta = ModelMeta(
+        arch=arch, num_classes=spec.num_classes, input_shape=spec.input_shape,
+        mean=floats(mean) if mean else (0.0,) * channels, std=floats(std) if std else (1.0,) * channels,
+        class_names=spec.class_names or [], dataset=spec.name, recipe={"imported_from": Path(src).name},
+    )
+    model = import_checkpoint(src, meta)
+    save_classifier(model, out, dtype=torch.float16 if fp16 else None)
+    click.echo(f"imported {src} as {arch} ({meta.num_classes} classes) -> {out}")
+
+
+@main.command("eval")
+@ckpt_option
+@click.option("--data", default=None, help="dataset name or folder:PATH (default: the checkpoint's dataset)")
+@data_root_option
+@download_option
+@click.option("--attack", default=EVAL_DEFAULTS["attack"], help="none, fgsm, pgd20, pgd-l2, pgd-targeted, trades, apgd-ce, ...")
+@click.option("--eps", type=FLOAT, default=None, help="override the attack's radius, e.g. 8/255")
+@click.option("--step-size", type=FLOAT, default=None, help="override the attack's step size, e.g. 2/255")
+@click.option("--steps", type=int, default=None, help="override the attack's number of steps")
+@click.option("--n", default=EVAL_DEFAULTS["n"], type=int, help="number of test images (a seeded random subset)")
+@click.option("--batch-size", default=EVAL_DEFAULTS["batch_size"], type=int)
+@device_option
+@seed_option
+@json_option
+def eval_cmd(ckpt, data, data_root, download, attack, eps, step_size, steps, n, batch_size, device, seed, as_json):
+    """Clean and robust accuracy, with mean E(x) and E(x,y) on clean and adversarial inputs."""
+    from .attacks import ATTACKS
+    from .data import load_split
+    from .evaluate import evaluate
+    from .models.checkpoint import load_classifier
+
+    model = load_classifier(ckpt)
+    data = data or model.meta.dataset
+    if not data:
+        raise RobgenError("the checkpoint does not name its dataset; pass --data")
+    spec = ATTACKS.get(attack).replace(eps=eps, step_size=step_size, steps=steps)
+    dataset, dspec = load_split(data, "test", root=data_root, download=download, n=n, seed=seed)
+    check_compatible(model.meta, dspec)
+    r = evaluate(model, dataset, spec, batch_size=batch_size, seed=seed, device=device)
+    r["attack"]["name"], r["data"], r["ckpt"] = attack, data, ckpt or "default"
+    emit(r, as_json, [
+        f"{r['ckpt']} on {data} test, {r['n']} images, attack {attack} "
+        f"(eps {spec.eps:.4f}, step {spec.step_size:.4f}, {spec.steps} steps), seed {seed}",
+        f"clean accuracy   {r['clean_acc']:.2f}%",
+        f"robust accuracy  {r['robust_acc']:.2f}%",
+        f"mean E(x)        clean {r['E_clean']:.3f}   adversarial {r['E_adv']:.3f}   dE(x) {r['dE']:+.3f}",
+        f"mean E(x,y)      clean {r['Ey_clean']:.3f}   adversarial {r['Ey_adv']:.3f}   dE(x,y) {r['dEy']:+.3f}",
+        f"time {r['seconds']} s",
+    ])
 
 
 if __name__ == "__main__":

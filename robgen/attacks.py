@@ -1,0 +1,193 @@
+"""Adversarial attacks: PGD (Linf/L2, untargeted/targeted, CE / KL-to-clean / energy objectives) and FGSM.
+
+Attacks leave the model's mode alone (callers choose eval or train) and never touch parameter gradients.
+Random starts are drawn from an explicit CPU generator, so a seed gives the same result on any device.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from . import energy
+from .errors import RobgenError
+from .registry import Registry
+
+# Objectives an attack ascends, each (logits, y, clean_logits) -> one value per sample.
+OBJECTIVES: Registry[Callable[[Tensor, Tensor, Tensor | None], Tensor]] = Registry("attack objective")
+OBJECTIVES.register("ce")(lambda logits, y, clean: energy.cross_entropy(logits, y))
+OBJECTIVES.register("kl")(lambda logits, y, clean: energy.trades_kl(clean, logits))
+OBJECTIVES.register("joint")(lambda logits, y, clean: energy.joint_energy(logits, y))
+OBJECTIVES.register("marginal")(lambda logits, y, clean: energy.marginal_energy(logits))
+
+
+def _randn(shape: torch.Size, generator: torch.Generator | None, like: Tensor) -> Tensor:
+    return torch.randn(shape, generator=generator).to(device=like.device, dtype=like.dtype)
+
+
+def _rand(shape: torch.Size, generator: torch.Generator | None, like: Tensor) -> Tensor:
+    return torch.rand(shape, generator=generator).to(device=like.device, dtype=like.dtype)
+
+
+def _per_sample_norm(t: Tensor) -> Tensor:
+    return t.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (t.dim() - 1))
+
+
+def project(x_adv: Tensor, x: Tensor, eps: float, norm: str) -> Tensor:
+    """Back into the eps-ball around x and into [0, 1]."""
+    delta = x_adv - x
+    if norm == "linf":
+        delta = delta.clamp(-eps, eps)
+    else:
+        delta = delta * (eps / _per_sample_norm(delta)).clamp(max=1.0)
+    return (x + delta).clamp(0.0, 1.0)
+
+
+def random_start(x: Tensor, eps: float, norm: str, kind: str | None, generator: torch.Generator | None) -> Tensor:
+    """'uniform' in the eps-ball, 'normal' (x + 0.001 N(0, I), the TRADES start) or None (x itself)."""
+    if kind is None:
+        return x.clone()
+    if kind == "normal":
+        return (x + 0.001 * _randn(x.shape, generator, x)).clamp(0.0, 1.0)
+    if kind != "uniform":
+        raise RobgenError(f"unknown random start {kind!r}; use uniform, normal or none")
+    if norm == "linf":
+        delta = (2 * _rand(x.shape, generator, x) - 1) * eps
+    else:
+        direction = _randn(x.shape, generator, x)
+        radius = _rand(x.shape[:1], generator, x).view(-1, *[1] * (x.dim() - 1)) * eps
+        delta = direction / _per_sample_norm(direction) * radius
+    return (x + delta).clamp(0.0, 1.0)
+
+
+def pgd(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float = 8 / 255,
+    step_size: float = 2 / 255,
+    steps: int = 20,
+    norm: str = "linf",
+    objective: str = "ce",
+    targeted: bool = False,
+    start: str | None = "uniform",
+    clean_logits: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Projected gradient ascent of `objective`; with targeted=True, `y` holds the targets and the objective
+    (CE to the target) is descended. The clean logits the KL objective needs are computed once, not per step."""
+    if norm not in ("linf", "l2"):
+        raise RobgenError(f"unknown norm {norm!r}; use linf or l2")
+    objective_fn = OBJECTIVES.get(objective)
+    x = x.detach()
+    if objective == "kl" and clean_logits is None:
+        with torch.no_grad():
+            clean_logits = model(x)
+    sign = -1.0 if targeted else 1.0
+    x_adv = random_start(x, eps, norm, start, generator)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        loss = sign * objective_fn(model(x_adv), y, clean_logits).sum()
+        (grad,) = torch.autograd.grad(loss, x_adv)
+        step = grad.sign() if norm == "linf" else grad / _per_sample_norm(grad)
+        x_adv = project(x_adv.detach() + step_size * step, x, eps, norm)
+    return x_adv.detach()
+
+
+def fgsm(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float = 8 / 255,
+    step_size: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """FGSM with a uniform random start (Wong et al. 2020): one signed step of 1.25 eps, projected."""
+    return pgd(model, x, y, eps=eps, step_size=step_size or 1.25 * eps, steps=1, generator=generator)
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """A named attack configuration; CLI options override its fields with dataclasses.replace."""
+
+    method: str  # pgd, fgsm, none, or a torchattacks name (apgd-ce, apgd-t, autoattack)
+    eps: float = 8 / 255
+    step_size: float = 2 / 255
+    steps: int = 20
+    norm: str = "linf"
+    objective: str = "ce"
+    targeted: bool = False
+    start: str | None = "uniform"
+
+    def replace(self, **changes) -> "AttackSpec":
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+ATTACKS: Registry[AttackSpec] = Registry("attack")
+ATTACKS.register("none")(AttackSpec("none", steps=0))
+ATTACKS.register("fgsm")(AttackSpec("fgsm", step_size=1.25 * 8 / 255, steps=1))
+for _steps in (10, 20, 50, 100):
+    ATTACKS.register(f"pgd{_steps}")(AttackSpec("pgd", steps=_steps))
+ATTACKS.register("pgd")(AttackSpec("pgd"))
+ATTACKS.register("pgd-l2")(AttackSpec("pgd", eps=0.5, step_size=0.1, norm="l2"))
+ATTACKS.register("pgd-targeted")(AttackSpec("pgd", targeted=True))
+ATTACKS.register("trades")(AttackSpec("pgd", step_size=0.007, steps=10, objective="kl", start="normal"))
+ATTACKS.register("apgd-ce")(AttackSpec("apgd-ce", steps=100))
+ATTACKS.register("apgd-t")(AttackSpec("apgd-t", steps=100))
+ATTACKS.register("autoattack")(AttackSpec("autoattack"))
+TORCHATTACKS_METHODS = ("apgd-ce", "apgd-t", "autoattack")
+
+
+def random_targets(y: Tensor, num_classes: int, generator: torch.Generator | None) -> Tensor:
+    """A uniformly drawn wrong class for each label."""
+    shift = torch.randint(1, num_classes, y.shape, generator=generator).to(y.device)
+    return (y + shift) % num_classes
+
+
+def _torchattacks(spec: AttackSpec, model: nn.Module, num_classes: int, seed: int):
+    try:
+        import torchattacks
+    except ImportError:
+        raise RobgenError(
+            f"attack {spec.method!r} needs the torchattacks package: pip install 'robgen[attacks]'"
+        ) from None
+    norm = "Linf" if spec.norm == "linf" else "L2"
+    if spec.method == "apgd-ce":
+        return torchattacks.APGD(model, norm=norm, eps=spec.eps, steps=spec.steps, loss="ce", seed=seed)
+    if spec.method == "apgd-t":
+        return torchattacks.APGDT(model, norm=norm, eps=spec.eps, steps=spec.steps, n_classes=num_classes, seed=seed)
+    return torchattacks.AutoAttack(model, norm=norm, eps=spec.eps, version="standard", n_classes=num_classes, seed=seed)
+
+
+def run_attack(
+    spec: AttackSpec | str,
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    num_classes: int,
+    generator: torch.Generator | None = None,
+    clean_logits: Tensor | None = None,
+) -> Tensor:
+    """Adversarial examples for (x, y) under a named or explicit attack."""
+    spec = ATTACKS.get(spec) if isinstance(spec, str) else spec
+    if not 0 < spec.eps <= 1 and spec.method != "none":
+        raise RobgenError(f"eps must be in (0, 1] for images in [0, 1], got {spec.eps}")
+    if spec.method == "none":
+        return x.detach()
+    if spec.method in TORCHATTACKS_METHODS:
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        return _torchattacks(spec, model, num_classes, seed)(x, y).detach()
+    if spec.method not in ("pgd", "fgsm"):
+        raise RobgenError(f"unknown attack method {spec.method!r}")
+    target = random_targets(y, num_classes, generator) if spec.targeted else y
+    return pgd(
+        model, x, target, eps=spec.eps, step_size=spec.step_size, steps=spec.steps, norm=spec.norm,
+        objective=spec.objective, targeted=spec.targeted, start=spec.start, clean_logits=clean_logits,
+        generator=generator,
+    )
