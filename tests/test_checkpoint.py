@@ -101,7 +101,7 @@ class Payload:
 def test_pickle_needing_arbitrary_code_is_refused(tmp_path, capsys):
     with open(tmp_path / "evil.pt", "wb") as f:
         pickle.dump({"weights": Payload()}, f, protocol=2)
-    with pytest.raises(RobgenError, match="needs arbitrary code to unpickle \(.*print\)"):
+    with pytest.raises(RobgenError, match=r"needs arbitrary code to unpickle \(.*print\)"):
         import_checkpoint(tmp_path / "evil.pt", trained_model().meta)
     assert "must never run" not in capsys.readouterr().out
 
