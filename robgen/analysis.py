@@ -91,8 +91,9 @@ def direction(delta: Tensor, tol: float = DEFAULTS["direction_tol"], sem: float 
 
 def direction_sentence(name: str, quantity: str, d: dict) -> str:
     verb = f"{d['word']} {quantity}" if d["word"] != "no clear change" else f"made no clear change to {quantity}"
+    adversarial = quantity.replace("x", "x*", 1)
     return (
-        f"{name} {verb} on average: mean d{quantity} = {quantity}(clean) - {quantity}(adv) = {d['mean_delta']:+.4f} "
+        f"{name} {verb} on average: mean d{quantity} = {quantity} - {adversarial} = {d['mean_delta']:+.4f} "
         f"(tolerance ±{d['threshold']:.4f})"
     )
 

@@ -248,7 +248,8 @@ def energy_cmd(ckpt, data, data_root, download, attacks, n, batch_size, out, dev
     folder = analysis_dir(ckpt, out)
     report, rows = attack_energies(model, dataset, names, batch_size=batch_size, seed=seed, device=device)
     report.update(ckpt=ckpt or "default", data=data)
-    report["files"] = [str(p) for p in plots.save_figure(plots.energy_histograms(report, rows), folder / "energy_hist.png")]
+    figure = plots.energy_histograms(report, rows)
+    report["files"] = [str(p) for p in plots.save_figure(figure, folder / "energy_hist.png")]
     atomic_write_text(folder / "energy_summary.csv", attacks_csv(report))
     report["files"].append(str(folder / "energy_summary.csv"))
     write_report(report, folder / "energy_summary.json")
@@ -261,7 +262,9 @@ def energy_cmd(ckpt, data, data_root, download, attacks, n, batch_size, out, dev
         lines += [f"    {s}" for s in a["sentences"]]
         if a["spec"]["objective"] == "kl":
             t = a["trades_kl"]
-            lines.append(f"    TRADES KL {t['kl']:.4f} = conditional term {t['conditional']:+.4f} + dE(x) {t['dE']:+.4f}")
+            lines.append(
+                f"    TRADES KL {t['kl']:.4f} = conditional term {t['conditional']:+.4f} + dE(x) {t['dE']:+.4f}"
+            )
     lines += [f"skipped {name}: {why}" for name, why in report["skipped"].items()]
     lines.append(f"wrote {', '.join(report['files'])}")
     emit(report, as_json, lines)
@@ -286,8 +289,8 @@ def phases_cmd(run_dirs, out, smooth, baseline_epochs, k, min_rise, as_json):
     from . import plots
     from .analysis import phases
 
+    path = plots.figure_path(out or Path(run_dirs[0]) / "phases.png")
     result = phases(run_dirs, smooth=smooth, baseline_epochs=baseline_epochs, k=k, min_rise=min_rise)
-    path = Path(out) if out else Path(run_dirs[0]) / "phases.png"
     result["files"] = [str(p) for p in plots.save_figure(plots.phase_figure(result), path)]
     write_report(result, path.with_suffix(".json"))
     lines = []
@@ -323,30 +326,32 @@ def phases_cmd(run_dirs, out, smooth, baseline_epochs, k, min_rise, as_json):
 def survey_cmd(ckpts, more_ckpts, data, data_root, download, attack, n, batch_size, out, device, seed, as_json):
     """Violin plots of dE(x) and dE(x,y) per model on the same test images, each labelled by its robust accuracy;
     the JSON gives each model's spread (std, IQR)."""
-    from pathlib import Path
-
     from . import plots
     from .analysis import survey
     from .attacks import ATTACKS
     from .models.checkpoint import resolve_checkpoint
 
     ATTACKS.get(attack)
+    out = plots.figure_path(out)  # a bad --out fails before the models run
     specs = [c for c in ckpts.split(",") if c] + list(more_ckpts)
     paths = [resolve_checkpoint(c) for c in specs]
-    # Models are named by file name; the full path where two files share a name.
-    names = [p.stem if [q.stem for q in paths].count(p.stem) == 1 else str(p) for p in paths]
+    # Models are named by file name, with the folder where two files share a name, numbered if still ambiguous.
+    stems = [p.stem for p in paths]
+    names = [p.stem if stems.count(p.stem) == 1 else f"{p.resolve().parent.name}/{p.stem}" for p in paths]
+    names = [n if names.count(n) == 1 else f"{n}#{i + 1}" for i, n in enumerate(names)]
     models = {}
     for name, spec in zip(names, specs):
         models[name], dataset, data = load_model_and_data(spec, data, "test", data_root, download, n, seed)
     report, rows = survey(models, dataset, attack, batch_size=batch_size, seed=seed, device=device)
     report.update(data=data, ckpts=dict(zip(names, map(str, paths))))
-    report["files"] = [str(p) for p in plots.save_figure(plots.survey_figure(report, rows), Path(out))]
-    write_report(report, Path(out).with_suffix(".json"))
+    report["files"] = [str(p) for p in plots.save_figure(plots.survey_figure(report, rows), out)]
+    write_report(report, out.with_suffix(".json"))
     lines = [f"{len(models)} models on {data} test, {report['n']} images, attack {attack}, seed {seed}"]
     for m in report["models"]:
+        sp = m["spread"]
         lines.append(
-            f"{m['model']:<24} robust {m['robust_acc']:5.1f}%  dE(x) std {m['spread']['dE_std']:.4f} "
-            f"IQR {m['spread']['dE_iqr']:.4f}  dE(x,y) std {m['spread']['dEy_std']:.4f} IQR {m['spread']['dEy_iqr']:.4f}"
+            f"{m['model']:<24} robust {m['robust_acc']:5.1f}%  dE(x) std {sp['dE_std']:.4f} IQR {sp['dE_iqr']:.4f}  "
+            f"dE(x,y) std {sp['dEy_std']:.4f} IQR {sp['dEy_iqr']:.4f}"
         )
     lines.append(f"wrote {', '.join(report['files'])}")
     emit(report, as_json, lines)

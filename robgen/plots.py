@@ -18,11 +18,17 @@ from .utils import atomic_path
 CLEAN, ADV = "C0", "C3"
 
 
-def save_figure(fig: Figure, path: str | Path) -> list[Path]:
-    """Write `fig` to path.png and path.pdf (whichever suffix `path` has); return both paths."""
+def figure_path(path: str | Path) -> Path:
+    """`path` as a Path, checked to end in .png or .pdf (both are written)."""
     path = Path(path)
     if path.suffix.lower() not in (".png", ".pdf"):
         raise RobgenError(f"figure file {path} must end in .png or .pdf (both are written)")
+    return path
+
+
+def save_figure(fig: Figure, path: str | Path) -> list[Path]:
+    """Write `fig` to path.png and path.pdf (whichever suffix `path` has); return both paths."""
+    path = figure_path(path)
     written = []
     for suffix in (".png", ".pdf"):
         target = path.with_suffix(suffix)
@@ -84,7 +90,7 @@ def survey_figure(report: dict, rows: Mapping[str, Mapping[str, Tensor]]) -> Fig
     """Violins (with boxes) of dE(x) and dE(x,y) per model, least to most robust, labelled by robust accuracy."""
     models = [m["model"] for m in report["models"]]
     labels = [f"{m['model']}\nrobust {m['robust_acc']:.1f}%" for m in report["models"]]
-    fig = Figure(figsize=(max(6.0, 1.6 * len(models) * 2), 4.4), layout="constrained")
+    fig = Figure(figsize=(max(8.0, 3.8 * len(models)), 4.6), layout="constrained")
     for ax, (key, label) in zip(fig.subplots(1, 2), (("E", "dE(x)"), ("Ey", "dE(x,y)"))):
         data = [(rows[m][f"{key}_clean"] - rows[m][f"{key}_adv"]).numpy() for m in models]
         positions = np.arange(1, len(models) + 1)

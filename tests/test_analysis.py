@@ -213,13 +213,15 @@ def test_cli_phases_survey_weights(ckpt, folder, tmp_path):
 
 def test_bad_inputs_give_one_line_errors(ckpt, folder, tmp_path):
     wrong = make_ckpt(tmp_path / "ten.safetensors", 10, "cifar10")
+    never = str(tmp_path / "never")
     cases = {
-        ("phases", str(tmp_path)): "robgen train --out",
-        ("energy", "--ckpt", str(wrong), "--data", f"folder:{folder}", "--attacks", "fgsm"): "3 classes",
-        ("energy", "--ckpt", str(ckpt), "--attacks", "pgd,nope"): "unknown attack 'nope'; known: ",
+        ("phases", str(tmp_path), "--out", f"{never}/ph.png"): "robgen train --out",
+        ("phases", str(tmp_path), "--out", f"{never}/ph.svg"): "must end in .png or .pdf",
+        ("energy", "--ckpt", str(wrong), "--data", f"folder:{folder}", "--attacks", "fgsm", "--out", never): "3 classes",
+        ("energy", "--ckpt", str(ckpt), "--attacks", "pgd,nope", "--out", never): "unknown attack 'nope'; known: ",
     }
     for args, message in cases.items():
-        result = invoke(*args, "--out", str(tmp_path / "never"))
+        result = invoke(*args)
         assert result.exit_code == 1, result.output
         assert message in result.output and result.output.count("\n") == 1, result.output
     assert not (tmp_path / "never").exists()  # nothing is written on bad input
