@@ -197,8 +197,31 @@ def eval_cmd(ckpt, data, data_root, download, attack, eps, step_size, steps, n, 
 
 # ---------------------------------------------------------------- energy analysis (PAPER.md section 2)
 
-out_dir_option = click.option(
-    "--out", default=None, type=click.Path(file_okay=False), help="output folder (default: analysis/<checkpoint name>)"
+def stack(*decorators):
+    """Several click decorators as one, applied as if written top to bottom."""
+    def apply(f):
+        for decorator in reversed(decorators):
+            f = decorator(f)
+        return f
+
+    return apply
+
+
+# What every single-model analysis command takes: the model and its data first, the run's settings last.
+model_data_options = stack(
+    ckpt_option,
+    click.option("--data", default=None, help="dataset name or folder:PATH (default: the checkpoint's dataset)"),
+    data_root_option,
+    download_option,
+)
+analysis_run_options = stack(
+    click.option("--batch-size", default=ANALYSIS_DEFAULTS["batch_size"], type=int),
+    click.option(
+        "--out", default=None, type=click.Path(file_okay=False), help="output folder (default: analysis/<checkpoint name>)"
+    ),
+    device_option,
+    seed_option,
+    json_option,
 )
 
 
@@ -224,17 +247,10 @@ def pct(value) -> str:
 
 
 @main.command("energy")
-@ckpt_option
-@click.option("--data", default=None, help="dataset name or folder:PATH (default: the checkpoint's dataset)")
-@data_root_option
-@download_option
+@model_data_options
 @click.option("--attacks", default=",".join(ANALYSIS_DEFAULTS["attacks"]), help="comma-separated attack names")
 @click.option("--n", default=ANALYSIS_DEFAULTS["n"], type=int, help="number of test images (a seeded random subset)")
-@click.option("--batch-size", default=ANALYSIS_DEFAULTS["batch_size"], type=int)
-@out_dir_option
-@device_option
-@seed_option
-@json_option
+@analysis_run_options
 def energy_cmd(ckpt, data, data_root, download, attacks, n, batch_size, out, device, seed, as_json):
     """E(x) and E(x,y) of clean vs adversarial test images, per attack: histograms (PNG, PDF) and a JSON + CSV summary
     with the direction of the change in words and the TRADES KL split into its energy terms."""
@@ -358,17 +374,10 @@ def survey_cmd(ckpts, more_ckpts, data, data_root, download, attack, n, batch_si
 
 
 @main.command("weights")
-@ckpt_option
-@click.option("--data", default=None, help="dataset name or folder:PATH (default: the checkpoint's dataset)")
-@data_root_option
-@download_option
+@model_data_options
 @click.option("--split", default="train", type=click.Choice(["train", "test"]), help="which images to weigh")
 @click.option("--n", default=ANALYSIS_DEFAULTS["weights_n"], type=int, help="number of images (a seeded random subset)")
-@click.option("--batch-size", default=ANALYSIS_DEFAULTS["batch_size"], type=int)
-@out_dir_option
-@device_option
-@seed_option
-@json_option
+@analysis_run_options
 def weights_cmd(ckpt, data, data_root, download, split, n, batch_size, out, device, seed, as_json):
     """WEAT's weight w(x) = 1/log(1+exp(|E(x)|)) against E(x), and the histogram of weights: what WEAT emphasises."""
     from . import plots
