@@ -6,6 +6,7 @@ Random starts are drawn from an explicit CPU generator, so a seed gives the same
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass
 from typing import Callable
 
@@ -149,13 +150,24 @@ def random_targets(y: Tensor, num_classes: int, generator: torch.Generator | Non
     return (y + shift) % num_classes
 
 
+def unavailable(spec: AttackSpec, num_classes: int) -> str | None:
+    """Why `spec` cannot run on a `num_classes`-way model here, or None when it can."""
+    if spec.method not in TORCHATTACKS_METHODS:
+        return None
+    if importlib.util.find_spec("torchattacks") is None:
+        return f"attack {spec.method!r} needs the torchattacks package: pip install 'robgen[attacks]'"
+    # APGD-T's targeted DLR loss reads the 4th-largest logit (AutoAttack's standard set includes APGD-T).
+    if spec.method in ("apgd-t", "autoattack") and num_classes < 4:
+        return f"attack {spec.method!r} needs at least 4 classes (its DLR loss), the model has {num_classes}"
+    return None
+
+
 def _torchattacks(spec: AttackSpec, model: nn.Module, num_classes: int, seed: int):
-    try:
-        import torchattacks
-    except ImportError:
-        raise RobgenError(
-            f"attack {spec.method!r} needs the torchattacks package: pip install 'robgen[attacks]'"
-        ) from None
+    reason = unavailable(spec, num_classes)
+    if reason:
+        raise RobgenError(reason)
+    import torchattacks
+
     norm = "Linf" if spec.norm == "linf" else "L2"
     if spec.method == "apgd-ce":
         return torchattacks.APGD(model, norm=norm, eps=spec.eps, steps=spec.steps, loss="ce", seed=seed)

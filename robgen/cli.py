@@ -7,6 +7,7 @@ import sys
 import click
 
 from .errors import RobgenError
+from .analysis import DEFAULTS as ANALYSIS_DEFAULTS
 from .evaluate import DEFAULTS as EVAL_DEFAULTS
 
 
@@ -26,10 +27,14 @@ def main():
     """Robust classifiers as energy-based models: train, analyse, sample, score."""
 
 
+def to_json(result: dict) -> str:
+    return json.dumps(result, indent=2, sort_keys=True, default=str)
+
+
 def emit(result: dict, as_json: bool, lines: list[str]) -> None:
     """Print a result either as JSON (machine-readable) or as human lines."""
     if as_json:
-        click.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
+        click.echo(to_json(result))
     else:
         for line in lines:
             click.echo(line)
@@ -77,6 +82,21 @@ def check_compatible(meta, spec) -> None:
             f"checkpoint expects {meta.num_classes} classes of shape {tuple(meta.input_shape)}, but dataset "
             f"{spec.name} has {spec.num_classes} classes of shape {tuple(spec.input_shape)}; pass a matching --data"
         )
+
+
+def load_model_and_data(ckpt, data, split, data_root, download, n, seed):
+    """The checkpoint's classifier and a seeded n-image subset of `split` of --data (default: its own dataset),
+    checked to fit the model; returns (model, dataset, data name)."""
+    from .data import load_split
+    from .models.checkpoint import load_classifier
+
+    model = load_classifier(ckpt)
+    data = data or model.meta.dataset
+    if not data:
+        raise RobgenError("the checkpoint does not name its dataset; pass --data")
+    dataset, dspec = load_split(data, split, root=data_root, download=download, n=n, seed=seed)
+    check_compatible(model.meta, dspec)
+    return model, dataset, data
 
 
 @main.command("info")
@@ -158,17 +178,10 @@ def import_cmd(src, arch, out, data, mean, std, fp16, overwrite):
 def eval_cmd(ckpt, data, data_root, download, attack, eps, step_size, steps, n, batch_size, device, seed, as_json):
     """Clean and robust accuracy, with mean E(x) and E(x,y) on clean and adversarial inputs."""
     from .attacks import ATTACKS
-    from .data import load_split
     from .evaluate import evaluate
-    from .models.checkpoint import load_classifier
 
-    model = load_classifier(ckpt)
-    data = data or model.meta.dataset
-    if not data:
-        raise RobgenError("the checkpoint does not name its dataset; pass --data")
     spec = ATTACKS.get(attack).replace(eps=eps, step_size=step_size, steps=steps)
-    dataset, dspec = load_split(data, "test", root=data_root, download=download, n=n, seed=seed)
-    check_compatible(model.meta, dspec)
+    model, dataset, data = load_model_and_data(ckpt, data, "test", data_root, download, n, seed)
     r = evaluate(model, dataset, spec, batch_size=batch_size, seed=seed, device=device)
     r["attack"]["name"], r["data"], r["ckpt"] = attack, data, ckpt or "default"
     emit(r, as_json, [
@@ -180,6 +193,214 @@ def eval_cmd(ckpt, data, data_root, download, attack, eps, step_size, steps, n, 
         f"mean E(x,y)      clean {r['Ey_clean']:.3f}   adversarial {r['Ey_adv']:.3f}   dE(x,y) {r['dEy']:+.3f}",
         f"time {r['seconds']} s",
     ])
+
+
+# ---------------------------------------------------------------- energy analysis (PAPER.md section 2)
+
+def stack(*decorators):
+    """Several click decorators as one, applied as if written top to bottom."""
+    def apply(f):
+        for decorator in reversed(decorators):
+            f = decorator(f)
+        return f
+
+    return apply
+
+
+# What every single-model analysis command takes: the model and its data first, the run's settings last.
+model_data_options = stack(
+    ckpt_option,
+    click.option("--data", default=None, help="dataset name or folder:PATH (default: the checkpoint's dataset)"),
+    data_root_option,
+    download_option,
+)
+analysis_run_options = stack(
+    click.option("--batch-size", default=ANALYSIS_DEFAULTS["batch_size"], type=int),
+    click.option(
+        "--out", default=None, type=click.Path(file_okay=False), help="output folder (default: analysis/<checkpoint name>)"
+    ),
+    device_option,
+    seed_option,
+    json_option,
+)
+
+
+def analysis_dir(ckpt, out):
+    """--out, else analysis/<checkpoint name> under the current folder."""
+    from pathlib import Path
+
+    from .models.checkpoint import resolve_checkpoint
+
+    return Path(out) if out else Path("analysis") / resolve_checkpoint(ckpt).stem
+
+
+def write_report(result: dict, path) -> None:
+    """Record where everything went, then write the report itself as JSON (atomically) beside the figures."""
+    from .utils import atomic_write_text
+
+    result.setdefault("files", []).append(str(path))
+    atomic_write_text(path, to_json(result) + "\n")
+
+
+def pct(value) -> str:
+    return "n/a" if value is None else f"{value:.1f}%"
+
+
+@main.command("energy")
+@model_data_options
+@click.option("--attacks", default=",".join(ANALYSIS_DEFAULTS["attacks"]), help="comma-separated attack names")
+@click.option("--n", default=ANALYSIS_DEFAULTS["n"], type=int, help="number of test images (a seeded random subset)")
+@analysis_run_options
+def energy_cmd(ckpt, data, data_root, download, attacks, n, batch_size, out, device, seed, as_json):
+    """E(x) and E(x,y) of clean vs adversarial test images, per attack: histograms (PNG, PDF) and a JSON + CSV summary
+    with the direction of the change in words and the TRADES KL split into its energy terms."""
+    from . import plots
+    from .analysis import attack_energies, attacks_csv, resolve_attacks
+    from .utils import atomic_write_text
+
+    names = attacks.split(",")
+    resolve_attacks(names)  # unknown names fail before any model or data is read
+    model, dataset, data = load_model_and_data(ckpt, data, "test", data_root, download, n, seed)
+    folder = analysis_dir(ckpt, out)
+    report, rows = attack_energies(model, dataset, names, batch_size=batch_size, seed=seed, device=device)
+    report.update(ckpt=ckpt or "default", data=data)
+    figure = plots.energy_histograms(report, rows)
+    report["files"] = [str(p) for p in plots.save_figure(figure, folder / "energy_hist.png")]
+    atomic_write_text(folder / "energy_summary.csv", attacks_csv(report))
+    report["files"].append(str(folder / "energy_summary.csv"))
+    write_report(report, folder / "energy_summary.json")
+    lines = [f"{report['ckpt']} on {data} test, {report['n']} images, seed {seed}"]
+    for name, a in report["attacks"].items():
+        lines.append(
+            f"{name:<13} robust acc {a['robust_acc']:5.1f}%  success {pct(a['success_rate'])}  "
+            f"mean dE(x) {a['stats']['dE']['mean']:+.4f}  mean dE(x,y) {a['stats']['dEy']['mean']:+.4f}"
+        )
+        lines += [f"    {s}" for s in a["sentences"]]
+        if a["spec"]["objective"] == "kl":
+            t = a["trades_kl"]
+            lines.append(
+                f"    TRADES KL {t['kl']:.4f} = conditional term {t['conditional']:+.4f} + dE(x) {t['dE']:+.4f}"
+            )
+    lines += [f"skipped {name}: {why}" for name, why in report["skipped"].items()]
+    lines.append(f"wrote {', '.join(report['files'])}")
+    emit(report, as_json, lines)
+
+
+@main.command("phases")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="figure file, .png (a .pdf and a .json go beside it) (default: FIRST_RUN_DIR/phases.png)")
+@click.option("--smooth", default=ANALYSIS_DEFAULTS["smooth"], type=int, help="moving-average window, epochs")
+@click.option("--baseline-epochs", default=ANALYSIS_DEFAULTS["baseline_epochs"], type=int,
+              help="early epochs whose dE(x) counts as 'about 0'")
+@click.option("--k", default=ANALYSIS_DEFAULTS["k"], type=float, help="baseline spreads dE(x) must move for phase 2")
+@click.option("--min-rise", default=ANALYSIS_DEFAULTS["min_rise"], type=float,
+              help="points the final robust error must exceed its minimum for phase 3")
+@json_option
+def phases_cmd(run_dirs, out, smooth, baseline_epochs, k, min_rise, as_json):
+    """Per-epoch train dE(x) beside PGD test error for training runs (their metrics.jsonl), with the starts of
+    phases 2 and 3 detected and marked (the rule is printed with --json)."""
+    from pathlib import Path
+
+    from . import plots
+    from .analysis import phases
+
+    path = plots.figure_path(out or Path(run_dirs[0]) / "phases.png")
+    result = phases(run_dirs, smooth=smooth, baseline_epochs=baseline_epochs, k=k, min_rise=min_rise)
+    result["files"] = [str(p) for p in plots.save_figure(plots.phase_figure(result), path)]
+    write_report(result, path.with_suffix(".json"))
+    lines = []
+    for run in result["runs"]:
+        ph = run["phases"]
+        two = (f"phase 2 from epoch {ph['phase2_start']}" if ph["phase2_start"] is not None
+               else "no phase 2 (dE(x) stays near its start)")
+        three = (f"phase 3 from epoch {ph['phase3_start']}" if ph["phase3_start"] is not None
+                 else "no phase 3 (no robust overfitting)")
+        lines.append(
+            f"{run['label']} ({run['run']}, {len(run['epochs'])} epochs): {two}; {three}; best robust error "
+            f"{ph['best_robust_err']:.1f}% at epoch {ph['best_robust_epoch']}, final {ph['final_robust_err']:.1f}%, "
+            f"final train dE(x) {ph['final_dE']:+.3f}"
+        )
+    lines.append(f"wrote {', '.join(result['files'])}")
+    emit(result, as_json, lines)
+
+
+@main.command("survey")
+@click.option("--ckpts", required=True, help="checkpoints to compare: --ckpts A B C (or A,B,C)")
+@click.argument("more_ckpts", nargs=-1, metavar="[CKPT]...")
+@click.option("--data", default=None, help="dataset name or folder:PATH (default: the first checkpoint's dataset)")
+@data_root_option
+@download_option
+@click.option("--attack", default=ANALYSIS_DEFAULTS["survey_attack"], help="the attack every model gets")
+@click.option("--n", default=ANALYSIS_DEFAULTS["n"], type=int, help="number of test images (the same for every model)")
+@click.option("--batch-size", default=ANALYSIS_DEFAULTS["batch_size"], type=int)
+@click.option("--out", default="analysis/survey.png", type=click.Path(dir_okay=False),
+              help="figure file, .png (a .pdf and a .json go beside it)")
+@device_option
+@seed_option
+@json_option
+def survey_cmd(ckpts, more_ckpts, data, data_root, download, attack, n, batch_size, out, device, seed, as_json):
+    """Violin plots of dE(x) and dE(x,y) per model on the same test images, each labelled by its robust accuracy;
+    the JSON gives each model's spread (std, IQR)."""
+    from . import plots
+    from .analysis import survey
+    from .attacks import ATTACKS
+    from .models.checkpoint import resolve_checkpoint
+
+    ATTACKS.get(attack)
+    out = plots.figure_path(out)  # a bad --out fails before the models run
+    specs = [c for c in ckpts.split(",") if c] + list(more_ckpts)
+    paths = [resolve_checkpoint(c) for c in specs]
+    # Models are named by file name, with the folder where two files share a name, numbered if still ambiguous.
+    stems = [p.stem for p in paths]
+    names = [p.stem if stems.count(p.stem) == 1 else f"{p.resolve().parent.name}/{p.stem}" for p in paths]
+    names = [n if names.count(n) == 1 else f"{n}#{i + 1}" for i, n in enumerate(names)]
+    models = {}
+    for name, spec in zip(names, specs):
+        models[name], dataset, data = load_model_and_data(spec, data, "test", data_root, download, n, seed)
+    report, rows = survey(models, dataset, attack, batch_size=batch_size, seed=seed, device=device)
+    report.update(data=data, ckpts=dict(zip(names, map(str, paths))))
+    report["files"] = [str(p) for p in plots.save_figure(plots.survey_figure(report, rows), out)]
+    write_report(report, out.with_suffix(".json"))
+    lines = [f"{len(models)} models on {data} test, {report['n']} images, attack {attack}, seed {seed}"]
+    for m in report["models"]:
+        sp = m["spread"]
+        lines.append(
+            f"{m['model']:<24} robust {m['robust_acc']:5.1f}%  dE(x) std {sp['dE_std']:.4f} IQR {sp['dE_iqr']:.4f}  "
+            f"dE(x,y) std {sp['dEy_std']:.4f} IQR {sp['dEy_iqr']:.4f}"
+        )
+    lines.append(f"wrote {', '.join(report['files'])}")
+    emit(report, as_json, lines)
+
+
+@main.command("weights")
+@model_data_options
+@click.option("--split", default="train", type=click.Choice(["train", "test"]), help="which images to weigh")
+@click.option("--n", default=ANALYSIS_DEFAULTS["weights_n"], type=int, help="number of images (a seeded random subset)")
+@analysis_run_options
+def weights_cmd(ckpt, data, data_root, download, split, n, batch_size, out, device, seed, as_json):
+    """WEAT's weight w(x) = 1/log(1+exp(|E(x)|)) against E(x), and the histogram of weights: what WEAT emphasises."""
+    from . import plots
+    from .analysis import weights
+
+    model, dataset, data = load_model_and_data(ckpt, data, split, data_root, download, n, seed)
+    folder = analysis_dir(ckpt, out)
+    report, rows = weights(model, dataset, batch_size=batch_size, seed=seed, device=device)
+    report.update(ckpt=ckpt or "default", data=data, split=split)
+    report["files"] = [str(p) for p in plots.save_figure(plots.weights_figure(report, rows), folder / "weights.png")]
+    write_report(report, folder / "weights.json")
+    w = report["weight"]
+    lines = [
+        f"{report['ckpt']} on {data} {split}, {report['n']} images, clean accuracy {report['clean_acc']:.1f}%",
+        f"E(x)    mean {report['E']['mean']:+.3f}  range [{report['E']['min']:+.3f}, {report['E']['max']:+.3f}]",
+        f"w(x)    mean {w['mean']:.4f}  std {w['std']:.4f}  range [{w['min']:.4f}, {w['max']:.4f}]  "
+        f"(w at E = 0: {report['weight_at_E0']:.4f})",
+        f"mean weight: correctly classified {report['mean_weight_correct'] or float('nan'):.4f}, "
+        f"misclassified {report['mean_weight_misclassified'] or float('nan'):.4f}; the top 10% carry "
+        f"{100 * report['top10pct_weight_share']:.1f}% of the total weight",
+        f"wrote {', '.join(report['files'])}",
+    ]
+    emit(report, as_json, lines)
 
 
 if __name__ == "__main__":

@@ -47,12 +47,17 @@ def delta_joint(clean_logits: Tensor, adv_logits: Tensor, y: Tensor) -> Tensor:
     return joint_energy(clean_logits, y) - joint_energy(adv_logits, y)
 
 
+def weight_of_energy(marginal: Tensor) -> Tensor:
+    """The WEAT weight as a function of a marginal energy value: 1 / log(1 + exp(|E|)) (analysis plots its curve)."""
+    return 1.0 / F.softplus(marginal.abs())
+
+
 def weat_weight(logits: Tensor) -> Tensor:
     """WEAT weight w(x) = 1 / log(1 + exp(|E(x)|)), detached; w(0) = 1/log 2.
 
     Samples of high energy (E(x) near 0: unlikely, hard) weigh more than confident, low-energy ones.
     """
-    return 1.0 / F.softplus(marginal_energy(logits.detach()).abs())
+    return weight_of_energy(marginal_energy(logits.detach()))
 
 
 def trades_kl(clean_logits: Tensor, adv_logits: Tensor) -> Tensor:
