@@ -163,11 +163,16 @@ def _save_pngs(out: Path, chunk: dict, first_item: int, n: int, names: list[str]
             Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(tmp, format="PNG")
 
 
+def _member(name: str) -> zipfile.ZipInfo:
+    """A zip entry with a fixed timestamp, so the same images give the same file bytes."""
+    return zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+
+
 def _write_npz(path: Path, chunk_files: list[Path], total: int, image_shape: tuple) -> None:
     """samples.npz streamed chunk by chunk: memory stays one chunk whatever the number of images."""
     with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
         labels = []
-        with zf.open("images.npy", "w", force_zip64=True) as f:
+        with zf.open(_member("images.npy"), "w", force_zip64=True) as f:
             header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
                       "shape": (total, *image_shape)}
             np.lib.format.write_array_header_1_0(f, header)
@@ -175,7 +180,7 @@ def _write_npz(path: Path, chunk_files: list[Path], total: int, image_shape: tup
                 with np.load(file) as chunk:
                     f.write(np.ascontiguousarray(chunk["images"]).tobytes())
                     labels.append(chunk["labels"])
-        with zf.open("labels.npy", "w", force_zip64=True) as f:
+        with zf.open(_member("labels.npy"), "w", force_zip64=True) as f:
             np.lib.format.write_array(f, np.concatenate(labels).astype(np.int64))
 
 
