@@ -98,7 +98,8 @@ def load_rows(source: str | Path, nrow: int = DEFAULTS["nrow"], classes: list[in
         if missing:
             raise RobgenError(f"class {missing[0]} is not in {npz}; it holds classes {present}")
         return [images[labels == c][:nrow] for c in chosen], [names[c] for c in chosen]
-    folders = sorted(d for d in (source / "images" if (source / "images").is_dir() else source).glob("*") if d.is_dir())
+    is_run = any((source / name).exists() for name in ("images", "chunks", "manifest.json"))
+    folders = sorted(d for d in (source / "images" if is_run else source).glob("*") if d.is_dir())
     if not source.exists() or not folders:
         raise RobgenError(f"{source} holds no samples.npz and no class folders; pass a `robgen sample` output folder")
     if classes is not None:
