@@ -103,23 +103,23 @@ def _rank0_first(fn: Callable, rank: int, world: int, others_too: bool = True):
     return result
 
 
-def _prepare_out(out: Path, settings: dict, overwrite: bool) -> int:
-    """Check OUT holds nothing or this same run (resume); with overwrite, clear a different run's files.
-    Returns the number of finished chunks found."""
+def _prepare_out(out: Path, settings: dict, overwrite: bool) -> None:
+    """Check OUT holds nothing or this same run (resume); with overwrite, clear a different run's files."""
     settings_path = out / "chunks" / "settings.json"
     if out.is_dir() and any(out.iterdir()):
         old = json.loads(settings_path.read_text()) if settings_path.is_file() else None
         if old != settings:
             if not overwrite:
-                what = ("files that are not a robgen sample run" if old is None else "a different sample run "
-                        f"(differs in {', '.join(sorted(k for k in settings.keys() | old.keys() if settings.get(k) != old.get(k)))})")
+                what = "files that are not a robgen sample run"
+                if old is not None:
+                    differ = sorted(k for k in settings.keys() | old.keys() if settings.get(k) != old.get(k))
+                    what = f"a different sample run (differs in {', '.join(differ)})"
                 raise RobgenError(f"{out} already holds {what}; pass --overwrite to replace it, or choose another --out")
             for name in ARTEFACTS:
                 path = out / name
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     (out / "chunks").mkdir(parents=True, exist_ok=True)
     atomic_write_text(settings_path, json.dumps(settings, indent=1, sort_keys=True))
-    return len(list((out / "chunks").glob("chunk_*.npz")))
 
 
 def _energy_grad(model: Classifier, target: Callable, y: torch.Tensor, bf16: bool) -> Callable:
@@ -285,7 +285,7 @@ def sample(
     labels = torch.tensor(class_ids, dtype=torch.int64).repeat_interleave(n)
     n_chunks = math.ceil(len(labels) / batch_size)
     chunk_path = [out / "chunks" / f"chunk_{k:06d}.npz" for k in range(n_chunks)]
-    mine = [k for k in range(rank, n_chunks, world)]
+    mine = list(range(rank, n_chunks, world))
     computed = 0
     bar = tqdm(mine, desc=f"sample {sampler} rank {rank}" if world > 1 else f"sample {sampler}", unit="chunk",
                disable=not progress, leave=False)

@@ -1,8 +1,8 @@
 """Samplers that descend an energy (PAPER.md section 4): SGLD with momentum, PGD-style normalised steps, Heun.
 
-A sampler is one step function `(x, state, grad_fn, cfg, noise) -> (x_next, E(x, y))`. `grad_fn(x)` returns the
-joint energy E(x, y) per sample (what tracking and early stopping watch) and the input gradient of the target
-energy (energy.TARGET_ENERGIES: joint, ce or marginal). `descend` runs the steps without a host sync per step.
+A sampler is one step function `(x, state, grad_fn, cfg, noise) -> (x_next, E(x, y))`, registered with its default
+step size. `grad_fn(x)` returns the joint energy E(x, y) per sample (what tracking and early stopping watch) and the
+input gradient of the target energy (energy.TARGET_ENERGIES: joint, ce or marginal). `descend` runs the steps without a host sync per step.
 """
 from __future__ import annotations
 
@@ -57,15 +57,6 @@ class SamplerConfig:
 SAMPLERS: Registry[StepFn] = Registry("sampler")
 
 
-def sampler(name: str, step_size: float) -> Callable[[StepFn], StepFn]:
-    """Register a step function with its default step size."""
-    def add(fn: StepFn) -> StepFn:
-        fn.default_step_size = step_size
-        return SAMPLERS.register(name)(fn)
-
-    return add
-
-
 def _langevin(x: Tensor, state: dict, grad: Tensor, cfg: SamplerConfig, noise: NoiseFn) -> Tensor:
     """v <- zeta v - (eta / 2) grad;  x <- clip(x + v + alpha sigma N(0, I))."""
     v = -(cfg.step_size / 2) * grad
@@ -78,14 +69,14 @@ def _langevin(x: Tensor, state: dict, grad: Tensor, cfg: SamplerConfig, noise: N
     return x.clamp_(0.0, 1.0)
 
 
-@sampler("sgld", step_size=0.8)
+@SAMPLERS.register("sgld", default_step_size=0.8)
 def sgld(x: Tensor, state: dict, grad_fn: GradFn, cfg: SamplerConfig, noise: NoiseFn) -> tuple[Tensor, Tensor]:
     """SGLD with momentum, exactly PAPER.md's update (v_0 = 0)."""
     e, grad = grad_fn(x)
     return _langevin(x, state, grad, cfg, noise), e
 
 
-@sampler("heun", step_size=0.8)
+@SAMPLERS.register("heun", default_step_size=0.8)
 def heun(x: Tensor, state: dict, grad_fn: GradFn, cfg: SamplerConfig, noise: NoiseFn) -> tuple[Tensor, Tensor]:
     """Predictor-corrector: a plain gradient step predicts x', the Langevin step uses the mean of both gradients."""
     e, g1 = grad_fn(x)
@@ -93,7 +84,7 @@ def heun(x: Tensor, state: dict, grad_fn: GradFn, cfg: SamplerConfig, noise: Noi
     return _langevin(x, state, (g1 + g2) / 2, cfg, noise), e
 
 
-@sampler("pgd", step_size=0.5)
+@SAMPLERS.register("pgd", default_step_size=0.5)
 def pgd(x: Tensor, state: dict, grad_fn: GradFn, cfg: SamplerConfig, noise: NoiseFn) -> tuple[Tensor, Tensor]:
     """Normalised descent (sign for linf, unit-L2 for l2) inside an optional eps-ball around the start
     (Santurkar et al. 2019); default step 0.5 is for l2."""

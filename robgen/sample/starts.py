@@ -203,16 +203,8 @@ def fit_starts(
 
 # ---- the starts: each maps (fit, labels, generator, options) to images (N, C, H, W) in [0, 1] on the CPU ----
 StartFn = Callable[[StartFit | None, Tensor, tuple, torch.Generator, dict], Tensor]
+# Each start is registered with what it `needs`: "nothing", "fit" (class statistics) or "images" (real images).
 STARTS: Registry[StartFn] = Registry("start")
-
-
-def start(name: str, needs: str) -> Callable[[StartFn], StartFn]:
-    """Register a start; `needs` is 'nothing', 'fit' (class statistics) or 'images' (real training images)."""
-    def add(fn: StartFn) -> StartFn:
-        fn.needs = needs
-        return STARTS.register(name)(fn)
-
-    return add
 
 
 def _per_class(y: Tensor, shape: tuple, draw: Callable[[int, int], Tensor]) -> Tensor:
@@ -224,13 +216,13 @@ def _per_class(y: Tensor, shape: tuple, draw: Callable[[int, int], Tensor]) -> T
     return out.view(len(y), *shape).clamp_(0.0, 1.0)
 
 
-@start("uniform", needs="nothing")
+@STARTS.register("uniform", needs="nothing")
 def uniform_start(fit, y, shape, generator, opts):
     """U[0, 1] noise (JEM's start)."""
     return torch.rand((len(y), *shape), generator=generator)
 
 
-@start("gaussian", needs="fit")
+@STARTS.register("gaussian", needs="fit")
 def gaussian_start(fit, y, shape, generator, opts):
     """N(mu_y, Sigma_y + 1e-4 I) with the full covariance, sampled through its factor U^T diag(std)."""
     def draw(c: int, m: int) -> Tensor:
@@ -241,7 +233,7 @@ def gaussian_start(fit, y, shape, generator, opts):
     return _per_class(y, shape, draw)
 
 
-@start("pca", needs="fit")
+@STARTS.register("pca", needs="fit")
 def pca_start(fit, y, shape, generator, opts):
     """mu_y + sum_i s_i a_i U_i, a_i ~ N(0, sigma_pca^2), over the components keeping `retained` variance."""
     def draw(c: int, m: int) -> Tensor:
@@ -253,7 +245,7 @@ def pca_start(fit, y, shape, generator, opts):
     return _per_class(y, shape, draw)
 
 
-@start("mix", needs="fit")
+@STARTS.register("mix", needs="fit")
 def mix_start(fit, y, shape, generator, opts):
     """Each image from the gaussian or the pca start with probability 1/2."""
     use_pca = torch.rand(len(y), generator=generator) < 0.5
@@ -261,7 +253,7 @@ def mix_start(fit, y, shape, generator, opts):
     return torch.where(use_pca.view(-1, 1, 1, 1), pca, gaussian)
 
 
-@start("data", needs="images")
+@STARTS.register("data", needs="images")
 def data_start(fit, y, shape, generator, opts):
     """A real training image of class y plus Gaussian noise of std `data_noise`."""
     def draw(c: int, m: int) -> Tensor:
@@ -294,7 +286,8 @@ def _unfit(fit: StartFit, init: str, energy_for: str | None) -> str | None:
     """Why `fit` cannot serve start `init` (and, if energy_for is a checkpoint sha, early stopping); None if it can."""
     needs = STARTS.get(init).needs
     if init in ("gaussian", "mix") and fit.info.get("retained") is not None:
-        return f"the {init} start needs the full class covariance, but this fit is a {fit.info['retained']} PCA truncation"
+        return (f"the {init} start needs the full class covariance, but this fit is a {fit.info['retained']} "
+                "PCA truncation")
     if needs == "images" and not fit.images:
         return f"the {init} start needs real training images, which this fit does not hold"
     if energy_for is not None and (fit.info.get("checkpoint_sha256") != energy_for or not fit.energy.isfinite().all()):
@@ -353,6 +346,7 @@ def _checked(fit: StartFit, model: torch.nn.Module, source: str) -> StartFit:
     if tuple(fit.input_shape) != tuple(meta.input_shape) or fit.num_classes != meta.num_classes:
         raise RobgenError(
             f"start fit {source} is for {fit.num_classes} classes of shape {tuple(fit.input_shape)}, but the model "
-            f"takes {meta.num_classes} classes of shape {tuple(meta.input_shape)}; pass a matching --data or --start-stats"
+            f"takes {meta.num_classes} classes of shape {tuple(meta.input_shape)}; "
+            "pass a matching --data or --start-stats"
         )
     return fit
