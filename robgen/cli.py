@@ -403,5 +403,132 @@ def weights_cmd(ckpt, data, data_root, download, split, n, batch_size, out, devi
     emit(report, as_json, lines)
 
 
+from .grid import DEFAULTS as GRID  # noqa: E402  (option defaults are read when the commands are defined)
+from .sample.generate import DEFAULTS as SAMPLE  # noqa: E402
+
+
+@main.command("sample")
+@ckpt_option
+@click.option("--class", "class_", multiple=True, help="class index or name (repeatable); default: all classes")
+@click.option("--classes", default=None, help="'all' or a comma list of classes, e.g. 3,5 or cat,dog")
+@click.option("-n", "n", default=SAMPLE["n"], type=int, help="images per class")
+@click.option("--init", default=SAMPLE["init"], help="start: pca, gaussian, mix, data, uniform")
+@click.option("--sampler", default=SAMPLE["sampler"], help="sgld, pgd or heun")
+@click.option("--energy", default=SAMPLE["energy"], help="energy descended: joint E(x,y), ce, or marginal E(x)")
+@click.option("--steps", default=SAMPLE["steps"], type=int)
+@click.option("--step-size", type=FLOAT, default=None, help="eta; default: the sampler's (sgld/heun 0.8, pgd 0.5)")
+@click.option("--momentum", type=FLOAT, default=SAMPLE["momentum"], help="zeta (sgld/heun)")
+@click.option("--noise", type=FLOAT, default=SAMPLE["noise"], help="sigma of the SGLD noise")
+@click.option("--alpha", type=FLOAT, default=None, help="noise scale; default sqrt(2 eta)")
+@click.option("--norm", default=SAMPLE["norm"], help="pgd step norm: l2 or linf")
+@click.option("--eps", type=FLOAT, default=None, help="pgd: radius of the ball around the start (default: none)")
+@click.option("--retained", type=FLOAT, default=SAMPLE["retained"], help="pca: share of class variance kept")
+@click.option("--sigma-pca", type=FLOAT, default=SAMPLE["sigma_pca"], help="pca: std of the coefficients a_i")
+@click.option("--early-stop", is_flag=True, help="freeze a sample once E(x,y) reaches its class's mean training energy")
+@click.option("--batch-size", default=SAMPLE["batch_size"], type=int, help="images per chunk (fixes memory)")
+@click.option("--bf16", is_flag=True, help="bfloat16 autocast for the model")
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="output folder (default samples/<ckpt>)")
+@click.option("--overwrite", is_flag=True, help="replace a different run already in --out")
+@click.option("--track", is_flag=True, help="record mean E(x,y) per step and class; plot energy_track.png")
+@click.option("--start-stats", default=None, type=click.Path(dir_okay=False), help="start fit from `robgen fit-start`")
+@click.option("--data", default=None, help="training data to fit the start on (default: the checkpoint's dataset)")
+@click.option("--fit-images", default=SAMPLE["fit_images"], type=int, help="images per class used to fit the start")
+@data_root_option
+@download_option
+@device_option
+@seed_option
+@json_option
+def sample_cmd(ckpt, class_, classes, n, init, sampler, energy, steps, step_size, momentum, noise, alpha, norm, eps,
+               retained, sigma_pca, early_stop, batch_size, bf16, out, overwrite, track, start_stats, data, fit_images,
+               data_root, download, device, seed, as_json):
+    """Sample images from a classifier's energy E(x,y): images, samples.npz, grid.png and manifest.json under --out."""
+    from .sample import sample
+
+    if class_ and classes:
+        raise RobgenError("pass either --class or --classes, not both")
+    chosen = list(class_) or (None if classes in (None, "all") else [c.strip() for c in classes.split(",")])
+    r = sample(
+        ckpt, chosen, out=out, n=n, init=init, sampler=sampler, energy=energy, steps=steps, step_size=step_size,
+        momentum=momentum, noise=noise, alpha=alpha, norm=norm, eps=eps, retained=retained, sigma_pca=sigma_pca,
+        early_stop=early_stop, batch_size=batch_size, seed=seed, bf16=bf16, start_stats=start_stats, data=data,
+        fit_images=fit_images, data_root=data_root, download=download, device=device, overwrite=overwrite,
+        track=track, progress=not as_json,
+    )
+    if r["rank"] != 0:
+        return
+    s = r["settings"]
+    emit(r, as_json, [
+        f"sampled {r['n_images']} images ({n} per class, {len(r['classes'])} classes) with {s['sampler']} on "
+        f"{s['energy']} energy, {s['steps']} steps of {s['step_size']}, start {s['init']} ({r['start_source']}), "
+        f"seed {seed}, {r['world_size']} process(es)",
+        f"chunks: {r['chunks_computed']} computed, {r['chunks_reused']} reused of {r['chunks']}; {r['seconds']} s",
+        *[f"  {c['index']:>3} {c['name']:<16} mean E(x,y) {c['energy_mean']:.3f}" for c in r["classes"]],
+        *[f"wrote {kind:<12} {path}" for kind, path in r["files"].items()],
+    ])
+
+
+@main.command("fit-start")
+@ckpt_option
+@click.option("--data", default=None, help="training data (default: the checkpoint's dataset)")
+@click.option("--init", default="pca", help="what the file must serve: pca (truncated, small), gaussian/mix (full), "
+              "data (full + images)")
+@click.option("--retained", type=FLOAT, default=SAMPLE["retained"], help="pca: share of class variance kept")
+@click.option("--fit-images", default=SAMPLE["fit_images"], type=int, help="images per class")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
+              help="file to write; ship it beside the checkpoint as <ckpt stem>.starts.safetensors")
+@click.option("--overwrite", is_flag=True, help="replace an existing --out file")
+@data_root_option
+@download_option
+@device_option
+@json_option
+def fit_start_cmd(ckpt, data, init, retained, fit_images, out, overwrite, data_root, download, device, as_json):
+    """Fit class-wise start statistics (mean, PCA, mean training energy) and export them for shipping."""
+    from pathlib import Path
+
+    from .models.checkpoint import checkpoint_id, load_classifier
+    from .sample.starts import STARTS, fit_starts, save_fit
+
+    if Path(out).exists() and not overwrite:
+        raise RobgenError(f"{out} exists; pass --overwrite to replace it")
+    STARTS.get(init)
+    model = load_classifier(ckpt, device if device != "auto" else "cpu")
+    data = data or model.meta.dataset
+    if not data:
+        raise RobgenError("the checkpoint does not name its dataset; pass --data")
+    fit = fit_starts(data, model=model, checkpoint_sha256=checkpoint_id(ckpt)["sha256"], per_class=fit_images,
+                     root=data_root, download=download, progress=not as_json)
+    if init == "pca":
+        fit = fit.truncated(retained)
+    elif init != "data":
+        fit.images = []
+    save_fit(fit, out)
+    sizes = [len(s) for s in fit.std]
+    r = {"out": str(out), "init": init, "data": data, "classes": fit.num_classes, "components": sizes,
+         "bytes": Path(out).stat().st_size}
+    emit(r, as_json, [
+        f"fitted {init} starts on {data} ({fit_images} images per class, {fit.num_classes} classes), "
+        f"{min(sizes)}-{max(sizes)} components per class -> {out} ({r['bytes'] / 2**20:.1f} MiB)",
+    ])
+
+
+@main.command("grid")
+@click.argument("source", type=click.Path(exists=True))
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="figure path; PNG and PDF written")
+@click.option("--nrow", default=GRID["nrow"], type=int, help="images per class")
+@click.option("--classes", default=None, help="comma list of class indices (default: all)")
+@click.option("--labels/--no-labels", default=GRID["labels"], help="class names as row labels")
+@click.option("--pad", default=GRID["pad"], type=int, help="pixels between images")
+@json_option
+def grid_cmd(source, out, nrow, classes, labels, pad, as_json):
+    """A paper figure from samples: one row per class, class names as row labels."""
+    from .grid import grid
+
+    try:
+        chosen = None if classes in (None, "all") else [int(c) for c in classes.split(",")]
+    except ValueError:
+        raise RobgenError(f"--classes takes class indices like 0,3,5, got {classes!r}") from None
+    r = grid(source, out, nrow=nrow, classes=chosen, labels=labels, pad=pad)
+    emit(r, as_json, [f"grid of {r['rows']} classes x up to {nrow} images -> {r['files']['png']}, {r['files']['pdf']}"])
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,11 +16,14 @@ class Registry(Generic[T]):
         self.kind = kind
         self._items: dict[str, T] = {}
 
-    def register(self, name: str | None = None) -> Callable[[T], T]:
+    def register(self, name: str | None = None, **attrs) -> Callable[[T], T]:
+        """Register under `name` (default: the object's __name__); `attrs` are set on the object (e.g. defaults)."""
         def add(obj: T) -> T:
             key = name or getattr(obj, "__name__")
             if key in self._items:
                 raise ValueError(f"{self.kind} {key!r} is registered twice")
+            for attr, value in attrs.items():
+                setattr(obj, attr, value)
             self._items[key] = obj
             return obj
 

@@ -1,0 +1,124 @@
+"""Paper figures of samples: one row per class, class names as row labels."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .errors import RobgenError
+from .utils import atomic_path
+
+DEFAULTS = {"nrow": 8, "pad": 2, "labels": True}
+
+
+def mosaic(rows: list[np.ndarray], pad: int = DEFAULTS["pad"], ncol: int | None = None) -> np.ndarray:
+    """Tile rows of uint8 images (m, H, W, C) on a white background, `pad` pixels between and around them."""
+    if not rows:
+        raise RobgenError("no images to draw")
+    _, h, w, c = rows[0].shape
+    ncol = ncol or max(len(r) for r in rows)
+    canvas = np.full((len(rows) * (h + pad) + pad, ncol * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row[:ncol]):
+            top, left = pad + i * (h + pad), pad + j * (w + pad)
+            canvas[top: top + h, left: left + w] = img
+    return canvas
+
+
+def render_grid(
+    rows: list[np.ndarray],
+    names: list[str],
+    out: str | Path,
+    *,
+    labels: bool = DEFAULTS["labels"],
+    pad: int = DEFAULTS["pad"],
+    pdf: bool = False,
+) -> dict:
+    """Write the grid as PNG (and PDF with the same stem if `pdf`); return its files, pixel shape and row labels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    image = mosaic(rows, pad)
+    height, width = image.shape[:2]
+    scale = max(1.0, 256 / rows[0].shape[1] / 4)  # small images are drawn larger so labels stay legible
+    dpi = 100
+    fig = plt.figure(figsize=(width * scale / dpi + (1.2 if labels else 0), height * scale / dpi), dpi=dpi)
+    ax = fig.add_axes((1.2 / fig.get_figwidth() if labels else 0, 0, width * scale / dpi / fig.get_figwidth(), 1))
+    ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([pad + (i + 0.5) * (rows[0].shape[1] + pad) - pad / 2 for i in range(len(rows))] if labels else [])
+    if labels:
+        ax.set_yticklabels(names, fontsize=9)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.tick_params(length=0)
+    out = Path(out)
+    files = {"png": str(out.with_suffix(".png"))}
+    targets = [("png", out.with_suffix(".png"))] + ([("pdf", out.with_suffix(".pdf"))] if pdf else [])
+    for fmt, path in targets:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=dpi)
+        files[fmt] = str(path)
+    plt.close(fig)
+    return {"files": files, "shape": list(image.shape), "labels": list(names) if labels else [], "rows": len(rows)}
+
+
+def _read_image(path: Path) -> np.ndarray:
+    pixels = np.asarray(Image.open(path))
+    return pixels.reshape(*pixels.shape[:2], -1)  # grayscale PNGs read as (H, W): add the channel axis
+
+
+def _class_names_of(folder: Path) -> list[str] | None:
+    manifest = folder / "manifest.json"
+    return json.loads(manifest.read_text())["class_names"] if manifest.is_file() else None
+
+
+def load_rows(source: str | Path, nrow: int = DEFAULTS["nrow"], classes: list[int] | None = None
+              ) -> tuple[list[np.ndarray], list[str]]:
+    """The first `nrow` images of each class, with class names, from a sample folder, its samples.npz, or any
+    folder of class subfolders (`<index>_<name>/` from `robgen sample`, or plain `<name>/`)."""
+    source = Path(source)
+    if nrow <= 0:
+        raise RobgenError(f"--nrow must be positive, got {nrow}")
+    npz = source if source.is_file() else source / "samples.npz"
+    if npz.is_file():
+        try:
+            with np.load(npz) as f:
+                images, labels = f["images"], f["labels"]
+        except (OSError, ValueError, KeyError) as err:
+            raise RobgenError(f"{npz} is not a samples file with images and labels ({err})") from None
+        names = _class_names_of(npz.parent) or [str(k) for k in range(int(labels.max()) + 1)]
+        present = sorted(set(labels.tolist()))
+        chosen = present if classes is None else classes
+        missing = [c for c in chosen if c not in present]
+        if missing:
+            raise RobgenError(f"class {missing[0]} is not in {npz}; it holds classes {present}")
+        return [images[labels == c][:nrow] for c in chosen], [names[c] for c in chosen]
+    is_run = any((source / name).exists() for name in ("images", "chunks", "manifest.json"))
+    folders = sorted(d for d in (source / "images" if is_run else source).glob("*") if d.is_dir())
+    if not source.exists() or not folders:
+        raise RobgenError(f"{source} holds no samples.npz and no class folders; pass a `robgen sample` output folder")
+    if classes is not None:
+        if any(not 0 <= c < len(folders) for c in classes):
+            raise RobgenError(f"--classes must be in 0..{len(folders) - 1} for {source}")
+        folders = [folders[c] for c in classes]
+    rows, names = [], []
+    for folder in folders:
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[:nrow]
+        if not files:
+            raise RobgenError(f"class folder {folder} holds no images")
+        rows.append(np.stack([_read_image(p) for p in files]))
+        name = folder.name
+        names.append(name.split("_", 1)[1] if name[:2].isdigit() and "_" in name else name)
+    return rows, names
+
+
+def grid(source: str | Path, out: str | Path, *, nrow: int = DEFAULTS["nrow"], classes: list[int] | None = None,
+         labels: bool = DEFAULTS["labels"], pad: int = DEFAULTS["pad"]) -> dict:
+    """A paper figure from samples: PNG and PDF (same stem), one row per class."""
+    rows, names = load_rows(source, nrow, classes)
+    return render_grid(rows, names, out, labels=labels, pad=pad, pdf=True)

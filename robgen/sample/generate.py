@@ -1,0 +1,354 @@
+"""The batched, sharded, resumable generator behind `robgen sample`.
+
+Work is a list of (class, index) items cut into chunks of `batch_size` (many classes per batch, so memory is fixed
+whatever n is). Chunk k draws all its randomness from a generator seeded by (seed, k): the images do not depend on
+which process makes which chunk. Under torchrun each rank makes chunks k = rank, rank + world, ...; every chunk is
+written atomically to OUT/chunks/ (a shared folder), and rank 0 merges them. A stopped run resumes from the chunks
+on disk when its settings match.
+
+Output layout (the contract with `robgen score`):
+    OUT/samples.npz      images uint8 (N, H, W, C), labels int64 (N,)
+    OUT/images/<class index, 2 digits>_<class name>/<index within class, 6 digits>.png
+    OUT/grid.png         first images of every class, one row per class
+    OUT/manifest.json    checkpoint path + sha256, settings, timing, final mean E(x, y) per class
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import time
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from .. import energy as energies
+from ..errors import RobgenError
+from ..models import Classifier
+from ..utils import atomic_path, atomic_write_text, resolve_device
+from . import starts as st
+from .samplers import SAMPLERS, SamplerConfig, descend
+
+FORMAT = "robgen-samples/1"
+DEFAULTS = {
+    "n": 64,  # images per class
+    "init": "pca",  # the paper's best start
+    "sampler": "sgld",
+    "energy": "joint",  # E(x, y)
+    "steps": 40,  # PAPER.md: 20-50
+    "step_size": None,  # None: the sampler's default (sgld/heun 0.8 = the paper's eta; pgd 0.5 in L2)
+    "momentum": 0.0,  # zeta: the paper uses 0 or a tuned value
+    "noise": 0.001,  # sigma
+    "alpha": None,  # None: sqrt(2 eta)
+    "norm": "l2",  # pgd only
+    "eps": None,  # pgd only: radius around the start
+    "retained": st.DEFAULTS["retained"],
+    "sigma_pca": st.DEFAULTS["sigma_pca"],
+    "data_noise": st.DEFAULTS["data_noise"],
+    "fit_images": st.DEFAULTS["per_class"],
+    "early_stop": False,
+    "batch_size": 128,
+    "seed": 0,
+    "bf16": False,
+    "grid_rows": 8,  # images per class in grid.png
+}
+ARTEFACTS = ("chunks", "images", "samples.npz", "grid.png", "manifest.json", "energy_track.png")
+
+
+def chunk_seed(seed: int, chunk: int) -> int:
+    """A seed for chunk `chunk` of a run with `seed`, independent of how chunks are spread over processes."""
+    return int(np.random.SeedSequence([seed, chunk]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def class_folder(index: int, name: str) -> str:
+    return f"{index:02d}_{re.sub(r'[^A-Za-z0-9_.-]+', '-', name)}"
+
+
+def _dist(device: torch.device) -> tuple[int, int]:
+    """(rank, world size), starting the process group when launched by torchrun."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _rank0_first(fn: Callable, rank: int, world: int, others_too: bool = True):
+    """Run fn on rank 0, then (if others_too) on the other ranks; a RobgenError on rank 0 is raised on every rank."""
+    if world == 1:
+        return fn()
+    import torch.distributed as dist
+
+    result, message = None, [None]
+    if rank == 0:
+        try:
+            result = fn()
+        except RobgenError as err:
+            message = [str(err)]
+    dist.broadcast_object_list(message, src=0)
+    if message[0] is not None:
+        raise RobgenError(message[0])
+    if rank != 0 and others_too:
+        result = fn()
+    return result
+
+
+def _prepare_out(out: Path, settings: dict, overwrite: bool) -> None:
+    """Check OUT holds nothing or this same run (resume); with overwrite, clear a different run's files."""
+    settings_path = out / "chunks" / "settings.json"
+    if out.is_dir() and any(out.iterdir()):
+        old = json.loads(settings_path.read_text()) if settings_path.is_file() else None
+        if old != settings:
+            if not overwrite:
+                what = "files that are not a robgen sample run"
+                if old is not None:
+                    differ = sorted(k for k in settings.keys() | old.keys() if settings.get(k) != old.get(k))
+                    what = f"a different sample run (differs in {', '.join(differ)})"
+                raise RobgenError(f"{out} already holds {what}; pass --overwrite to replace it, or choose another --out")
+            for name in ARTEFACTS:
+                path = out / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    (out / "chunks").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(settings_path, json.dumps(settings, indent=1, sort_keys=True))
+
+
+def _energy_grad(model: Classifier, target: Callable, y: torch.Tensor, bf16: bool) -> Callable:
+    """x -> (E(x, y), grad_x of the target energy); only the input gets a gradient."""
+    def grad_fn(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.detach().requires_grad_(True)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        logits = logits.float()
+        (grad,) = torch.autograd.grad(target(logits, y).sum(), x)
+        return energies.joint_energy(logits, y).detach(), grad
+
+    return grad_fn
+
+
+def _make_chunk(model, fit, labels, shape, settings, cfg, device, k) -> dict[str, np.ndarray]:
+    generator = torch.Generator().manual_seed(chunk_seed(settings["seed"], k))
+    opts = {key: settings[key] for key in ("retained", "sigma_pca", "data_noise")}
+    x0 = st.draw_starts(settings["init"], fit, labels, shape, generator, opts).to(device)
+    y = labels.to(device)
+    if device.type == "cpu":
+        step_generator = generator
+    else:  # a device generator seeded from the chunk's: no host-to-device copy of noise each step
+        step_generator = torch.Generator(device).manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+    stop_at = fit.energy.to(device)[y] if settings["early_stop"] else None
+    grad_fn = _energy_grad(model, energies.TARGET_ENERGIES.get(settings["energy"]), y, settings["bf16"])
+    x, track = descend(settings["sampler"], grad_fn, x0, cfg, step_generator, stop_at)
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings["bf16"]):
+        final = energies.joint_energy(model(x).float(), y)
+    images = (x * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return {"images": images, "labels": labels.numpy().astype(np.int64), "energy": final.float().cpu().numpy(),
+            "track": track.float().cpu().numpy()}
+
+
+def _save_pngs(out: Path, chunk: dict, first_item: int, n: int, names: list[str]) -> None:
+    for j, (img, label) in enumerate(zip(chunk["images"], chunk["labels"])):
+        index = (first_item + j) % n  # items are class-major: class position * n + index
+        path = out / "images" / class_folder(int(label), names[label]) / f"{index:06d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(tmp, format="PNG")
+
+
+def _member(name: str) -> zipfile.ZipInfo:
+    """A zip entry with a fixed timestamp, so the same images give the same file bytes."""
+    return zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+
+
+def _write_npz(path: Path, chunk_files: list[Path], total: int, image_shape: tuple) -> None:
+    """samples.npz streamed chunk by chunk: memory stays one chunk whatever the number of images."""
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        labels = []
+        with zf.open(_member("images.npy"), "w", force_zip64=True) as f:
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+                      "shape": (total, *image_shape)}
+            np.lib.format.write_array_header_1_0(f, header)
+            for file in chunk_files:
+                with np.load(file) as chunk:
+                    f.write(np.ascontiguousarray(chunk["images"]).tobytes())
+                    labels.append(chunk["labels"])
+        with zf.open(_member("labels.npy"), "w", force_zip64=True) as f:
+            np.lib.format.write_array(f, np.concatenate(labels).astype(np.int64))
+
+
+def _plot_track(path: Path, track: dict[str, list[float]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, values in track.items():
+        ax.plot(range(len(values)), values, label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("mean E(x, y)")
+    ax.legend(fontsize="small", ncol=2)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def sample(
+    ckpt: str | Path | None = None,
+    classes: list[int | str] | None = None,
+    *,
+    out: str | Path | None = None,
+    n: int = DEFAULTS["n"],
+    init: str = DEFAULTS["init"],
+    sampler: str = DEFAULTS["sampler"],
+    energy: str = DEFAULTS["energy"],
+    steps: int = DEFAULTS["steps"],
+    step_size: float | None = DEFAULTS["step_size"],
+    momentum: float = DEFAULTS["momentum"],
+    noise: float = DEFAULTS["noise"],
+    alpha: float | None = DEFAULTS["alpha"],
+    norm: str = DEFAULTS["norm"],
+    eps: float | None = DEFAULTS["eps"],
+    retained: float = DEFAULTS["retained"],
+    sigma_pca: float = DEFAULTS["sigma_pca"],
+    data_noise: float = DEFAULTS["data_noise"],
+    fit_images: int = DEFAULTS["fit_images"],
+    early_stop: bool = DEFAULTS["early_stop"],
+    batch_size: int = DEFAULTS["batch_size"],
+    seed: int = DEFAULTS["seed"],
+    bf16: bool = DEFAULTS["bf16"],
+    start_stats: str | Path | None = None,
+    data: str | None = None,
+    data_root: str | Path | None = None,
+    download: bool = False,
+    device: str | None = None,
+    overwrite: bool = False,
+    track: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Sample n images per class from a classifier's energy; write the output layout above; return a result dict
+    (out, files, n_images, per-class mean E(x, y), chunks_computed / chunks_reused, seconds, ...)."""
+    from ..models.checkpoint import DEFAULT_CHECKPOINT, checkpoint_id, load_classifier, resolve_checkpoint, shipped_dir
+
+    began = time.perf_counter()
+    if ckpt is None and not (shipped_dir() / f"{DEFAULT_CHECKPOINT}.safetensors").is_file():
+        raise RobgenError(f"no default checkpoint: {DEFAULT_CHECKPOINT} is not shipped with this install yet; "
+                          "pass --ckpt FILE")
+    ckpt_path = resolve_checkpoint(ckpt)
+    dev = resolve_device(device)
+    if dev.type == "cuda" and device in (None, "auto") and "LOCAL_RANK" in os.environ:
+        dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    model = load_classifier(ckpt_path, dev)
+    model.requires_grad_(False)
+    meta = model.meta
+    class_ids = list(range(meta.num_classes)) if classes is None else [meta.class_index(c) for c in classes]
+    if not class_ids:
+        raise RobgenError("no classes given; pass --class K or --classes all")
+    if len(set(class_ids)) != len(class_ids):
+        raise RobgenError(f"a class is given twice in {classes}")
+    for name, value in (("-n", n), ("--batch-size", batch_size)):
+        if value <= 0:
+            raise RobgenError(f"{name} must be positive, got {value}")
+    step_fn = SAMPLERS.get(sampler)
+    energies.TARGET_ENERGIES.get(energy)
+    cfg = SamplerConfig(steps, step_size if step_size is not None else step_fn.default_step_size, momentum, noise,
+                        alpha, norm, eps)
+    if init in ("pca", "mix") and not 0 < retained <= 1:
+        raise RobgenError(f"--retained must be in (0, 1], got {retained}")
+    rank, world = _dist(dev)
+    sha = checkpoint_id(ckpt_path)["sha256"]
+    fit, fit_source = _rank0_first(lambda: st.resolve_fit(
+        init, model=model, ckpt_path=ckpt_path, checkpoint_sha256=sha, start_stats=start_stats, data=data,
+        root=data_root, download=download, per_class=fit_images, early_stop=early_stop, progress=progress and rank == 0,
+    ), rank, world)
+    shape = tuple(meta.input_shape)
+    settings = {
+        "format": FORMAT, "checkpoint_sha256": sha, "classes": class_ids, "n": n, "init": init, "sampler": sampler,
+        "energy": energy, "steps": cfg.steps, "step_size": cfg.step_size, "momentum": cfg.momentum, "noise": cfg.noise,
+        "alpha": cfg.alpha, "norm": cfg.norm, "eps": cfg.eps, "retained": retained, "sigma_pca": sigma_pca,
+        "data_noise": data_noise, "early_stop": early_stop, "batch_size": batch_size, "seed": seed, "bf16": bf16,
+        "start_fit": st.fit_digest(fit) if fit is not None else None,
+    }
+    settings = json.loads(json.dumps(settings))  # the form it takes on disk, so equality survives the round trip
+    out = Path(out) if out is not None else Path("samples") / ckpt_path.name.removesuffix(ckpt_path.suffix)
+    _rank0_first(lambda: _prepare_out(out, settings, overwrite), rank, world, others_too=False)
+
+    labels = torch.tensor(class_ids, dtype=torch.int64).repeat_interleave(n)
+    n_chunks = math.ceil(len(labels) / batch_size)
+    chunk_path = [out / "chunks" / f"chunk_{k:06d}.npz" for k in range(n_chunks)]
+    mine = list(range(rank, n_chunks, world))
+    computed = 0
+    bar = tqdm(mine, desc=f"sample {sampler} rank {rank}" if world > 1 else f"sample {sampler}", unit="chunk",
+               disable=not progress, leave=False)
+    for k in bar:
+        if chunk_path[k].is_file():
+            continue
+        lo = k * batch_size
+        chunk = _make_chunk(model, fit, labels[lo: lo + batch_size], shape, settings, cfg, dev, k)
+        _save_pngs(out, chunk, lo, n, meta.class_names)
+        with atomic_path(chunk_path[k]) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **chunk)
+        computed += 1
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    result = {"out": str(out), "rank": rank, "world_size": world, "chunks": n_chunks, "chunks_computed": computed,
+              "chunks_reused": len(mine) - computed}
+    if rank != 0:
+        return result
+    result.update(_merge(out, chunk_path, labels, class_ids, meta.class_names, shape, settings, track))
+    seconds = round(time.perf_counter() - began, 2)
+    manifest = {
+        "format": FORMAT, "checkpoint": {"path": str(ckpt_path), "sha256": sha}, "settings": settings,
+        "start_source": fit_source, "class_names": meta.class_names, "n_images": len(labels),
+        "classes": result["classes"], "device": str(dev), "world_size": world, "seconds": seconds,
+        "chunks": {"total": n_chunks, "computed_by_rank0": computed, "reused_by_rank0": len(mine) - computed},
+    }
+    if track:
+        manifest["track"] = result["track"]
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
+    result.update(seconds=seconds, start_source=fit_source, n_images=len(labels), settings=settings,
+                  files={**result["files"], "manifest": str(out / "manifest.json")})
+    return result
+
+
+def _merge(out: Path, chunk_files: list[Path], labels: torch.Tensor, class_ids: list[int], names: list[str],
+           shape: tuple, settings: dict, track: bool) -> dict:
+    """Stream the chunks into samples.npz, per-class energies, the step track and the grid."""
+    from ..grid import render_grid
+
+    count = {c: 0 for c in class_ids}
+    energy_sum = {c: 0.0 for c in class_ids}
+    track_sum = {c: np.zeros(settings["steps"]) for c in class_ids}
+    firsts: dict[int, list[np.ndarray]] = {c: [] for c in class_ids}
+    for file in chunk_files:
+        with np.load(file) as chunk:
+            for c in np.unique(chunk["labels"]).tolist():
+                rows = chunk["labels"] == c
+                count[c] += int(rows.sum())
+                energy_sum[c] += float(chunk["energy"][rows].sum())
+                track_sum[c] += chunk["track"][:, rows].sum(axis=1)
+                firsts[c].extend(chunk["images"][rows][: DEFAULTS["grid_rows"] - len(firsts[c])])
+    image_shape = (shape[1], shape[2], shape[0])
+    _write_npz(out / "samples.npz", chunk_files, len(labels), image_shape)
+    render_grid([np.stack(firsts[c]) for c in class_ids], [names[c] for c in class_ids], out / "grid.png")
+    files = {"npz": str(out / "samples.npz"), "images": str(out / "images"), "grid": str(out / "grid.png")}
+    per_class = [{"index": c, "name": names[c], "n": count[c], "energy_mean": energy_sum[c] / count[c]}
+                 for c in class_ids]
+    result = {"classes": per_class, "files": files}
+    if track:
+        curves = {names[c]: (track_sum[c] / count[c]).tolist() for c in class_ids}
+        _plot_track(out / "energy_track.png", curves)
+        result["track"] = curves
+        files["energy_track"] = str(out / "energy_track.png")
+    return result

@@ -1,0 +1,45 @@
+"""Grid figures: one row per class with class names, from a sample folder, its npz, or class folders."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from _sample_fixtures import ckpt, folder, isolated_cache  # noqa: F401
+from robgen.cli import main
+from robgen.errors import RobgenError
+from robgen.grid import grid
+from robgen.sample import sample
+
+
+@pytest.fixture
+def samples(ckpt, tmp_path):
+    sample(ckpt, out=tmp_path / "s", n=3, steps=2, progress=False)
+    return tmp_path / "s"
+
+
+def test_grid_has_one_row_per_class_and_the_class_names(samples, tmp_path):
+    r = grid(samples, tmp_path / "fig.png", nrow=2, pad=1)
+    assert r["shape"] == [3 * 33 + 1, 2 * 33 + 1, 3] and r["labels"] == ["class0", "class1", "class2"]
+    assert Image.open(tmp_path / "fig.png").size[0] > 0 and (tmp_path / "fig.pdf").read_bytes()[:4] == b"%PDF"
+    picked = grid(samples / "samples.npz", tmp_path / "two.png", classes=[2, 0], labels=False)
+    assert picked["rows"] == 2 and picked["labels"] == [] and picked["shape"][1] == 3 * 34 + 2
+
+
+def test_grid_reads_class_folders_without_npz(samples, tmp_path):
+    (samples / "samples.npz").unlink()
+    r = CliRunner().invoke(main, ["grid", str(samples), "--out", str(tmp_path / "f.png"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert '"class1"' in r.output and (tmp_path / "f.pdf").is_file()
+
+
+def test_grid_bad_input(samples, tmp_path):
+    with pytest.raises(RobgenError, match="class 7 is not in"):
+        grid(samples, tmp_path / "f.png", classes=[7])
+    shutil.rmtree(samples / "images")
+    (samples / "samples.npz").unlink()
+    r = CliRunner().invoke(main, ["grid", str(samples), "--out", str(tmp_path / "f.png")])
+    assert r.exit_code == 1 and "no samples.npz and no class folders" in r.output
