@@ -206,7 +206,8 @@ def _setup_distributed(device: str | None) -> tuple[int, int, torch.device]:
 def _prepare_out(out: Path, config: dict, resume: bool, overwrite: bool, writer: bool) -> dict | None:
     """Refuse to clobber a run; returns the saved state to resume from (None: start at epoch 1)."""
     present = [name for name in FILES if (out / name).exists()]
-    if present and not resume and not overwrite:
+    # Only rank 0 judges: the other ranks may look after it has already written this run's config.json.
+    if present and not resume and not overwrite and writer:
         raise RobgenError(
             f"{out} already holds a run ({', '.join(present)}); pass --resume to continue it, "
             "--overwrite to replace it, or choose another --out"
