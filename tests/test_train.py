@@ -127,10 +127,12 @@ def test_training_improves_accuracy_and_writes_the_telemetry_contract(colours, t
     assert state["epoch"] == 4 and {"optimizer", "scheduler", "scaler"} <= set(state)
 
 
-def test_sat_has_no_weights(colours, tmp_path):
-    run(tiny(colours, loss="sat", epochs=1), tmp_path / "sat")
-    (line,) = [json.loads(ln) for ln in (tmp_path / "sat" / "metrics.jsonl").read_text().splitlines()]
-    assert line["weight_mean"] is None and line["loss"] == "sat"
+@pytest.mark.parametrize("name", LOSSES.names())
+def test_every_loss_trains_and_reports_weights_only_when_weighted(colours, tmp_path, name):
+    run(tiny(colours, loss=name, epochs=1), tmp_path / name)
+    (line,) = [json.loads(ln) for ln in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    assert line["loss"] == name and np.isfinite(line["train_loss"])
+    assert (line["weight_mean"] is not None) == name.startswith("weat")
 
 
 def test_resume_after_a_kill_equals_an_uninterrupted_run(colours, tmp_path):
