@@ -530,5 +530,61 @@ def grid_cmd(source, out, nrow, classes, labels, pad, as_json):
     r = grid(source, out, nrow=nrow, classes=chosen, labels=labels, pad=pad)
     emit(r, as_json, [f"grid of {r['rows']} classes x up to {nrow} images -> {r['files']['png']}, {r['files']['pdf']}"])
 
+
+@main.command("train")
+@click.option("--data", default=None, help="dataset name or folder:PATH [recipe: cifar10]")
+@click.option("--arch", default=None, help="architecture, e.g. resnet18, preact-resnet18, cnn-small [recipe]")
+@click.option("--loss", default=None, help="sat, trades, weat-adv, weat-nat, mart [weat-adv]")
+@click.option("--recipe", default=None, help="paper (PAPER.md section 3) or cpu (cnn-small, 3 attack steps, 10k images) [paper]")
+@click.option("--epochs", type=int, default=None, help="[recipe]")
+@click.option("--batch-size", type=int, default=None, help="global batch size, split over DDP ranks [recipe]")
+@click.option("--lr", type=FLOAT, default=None, help="peak learning rate [recipe]")
+@click.option("--schedule", default=None, help="onecycle, cosine or step, stepped per batch [recipe]")
+@click.option("--eps", type=FLOAT, default=None, help="Linf radius of training and test attacks, e.g. 8/255 [recipe]")
+@click.option("--step-size", type=FLOAT, default=None, help="training attack step, e.g. 2/255 [recipe]")
+@click.option("--attack-steps", type=int, default=None, help="training attack steps [recipe]")
+@click.option("--beta", type=FLOAT, default=None, help="weight of the KL term [recipe]")
+@click.option("--max-train", type=int, default=None, help="train on a seeded random subset of N images [recipe]")
+@click.option("--max-test", type=int, default=None, help="size of the fixed test subset for clean/PGD-20 accuracy [recipe]")
+@click.option("--amp", type=click.Choice(["bf16", "fp16", "off"]), default=None, help="CUDA autocast [bf16]")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (CUDA only)")
+@click.option("--seed", type=int, default=None, help="random seed: the same seed gives the same run [recipe]")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="run folder")
+@click.option("--resume", is_flag=True, help="continue the run in --out (options left out keep the run's values)")
+@click.option("--overwrite", is_flag=True, help="replace a run already in --out")
+@click.option("--stop-after", type=int, default=None, help="end this call after N epochs (continue with --resume)")
+@click.option("--workers", type=int, default=EVAL_DEFAULTS["workers"], help="data loader processes")
+@device_option
+@json_option
+def train_cmd(data, arch, loss, recipe, epochs, batch_size, lr, schedule, eps, step_size, attack_steps, beta,
+              max_train, max_test, amp, compile_, seed, out, resume, overwrite, stop_after, workers, device, as_json):
+    """Adversarial training with per-epoch energy telemetry (metrics.jsonl) and checkpoints in --out.
+
+    Under torchrun the same command trains with DistributedDataParallel (NCCL on GPU, gloo on CPU).
+    """
+    from .train import make_config, read_config, train
+
+    base = read_config(out) if resume else None
+    config = make_config(
+        recipe, base, data=data, arch=arch, loss=loss, epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule,
+        eps=eps, step_size=step_size, attack_steps=attack_steps, beta=beta, max_train=max_train, max_test=max_test,
+        amp=amp, seed=seed,
+    )
+    r = train(
+        config, out, resume=resume, overwrite=overwrite, device=device, workers=workers, compile=compile_,
+        stop_after=stop_after, progress=not as_json, log=lambda line: click.echo(line, err=as_json),
+    )
+    if r["rank"] != 0:  # under torchrun only rank 0 reports
+        return
+    last, best = r["last"], r["best"]
+    emit(r, as_json, [
+        f"trained {config['loss']} to epoch {r['epochs_done']}/{r['epochs']} in {out}: "
+        f"clean {last['test_clean_acc']:.2f}%, PGD-{config['test_attack_steps']} "
+        f"{last['test_robust_acc']:.2f}%; best epoch {best['epoch']} "
+        f"({best['test_robust_acc']:.2f}%)",
+        f"wrote {r['checkpoints']['last']}, {r['checkpoints']['best']}, {out}/metrics.jsonl, {out}/state.pt",
+    ])
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,434 @@
+"""The training loop: recipes, per-epoch energy telemetry, atomic checkpoints, exact resume, DDP.
+
+A run folder holds config.json (the recipe), metrics.jsonl (one JSON object per epoch), last.safetensors and
+best.safetensors (robgen classifiers; best by PGD-20 test accuracy) and state.pt (optimizer, scheduler, scaler,
+weights). state.pt is written last each epoch: it is the commit point a resumed run continues from.
+Randomness (data order, augmentation, attack starts) is drawn from generators re-seeded from (seed, epoch, rank) at
+every epoch start, so resuming at an epoch boundary gives bit-identical results on CPU for any number of ranks.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from .. import energy
+from ..attacks import AttackSpec
+from ..data import load_split
+from ..errors import RobgenError
+from ..evaluate import DEFAULTS as EVAL_DEFAULTS
+from ..evaluate import collect_energies, summarize
+from ..models import Classifier, ModelMeta, build_classifier
+from ..models.checkpoint import save_classifier
+from ..registry import Registry
+from ..utils import atomic_path, atomic_write_text, resolve_device
+from .losses import LOSSES, Loss, adversarial, batch_loss
+
+# The paper's recipe for CIFAR-10 (PAPER.md section 3). Every key is part of a run's identity: --resume refuses a
+# folder whose config.json differs in any of them.
+DEFAULTS: dict[str, Any] = {
+    "data": "cifar10",
+    "arch": "resnet18",
+    "loss": "weat-adv",
+    "epochs": 100,
+    "batch_size": 128,  # global: split evenly over DDP ranks
+    "lr": 0.1,  # peak lr of the schedule
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "schedule": "onecycle",  # stepped per batch
+    "pct_start": 0.25,  # onecycle warm-up fraction
+    "eps": 8 / 255,  # Linf radius of the training and test attacks
+    "step_size": 2 / 255,  # training attack step
+    "attack_steps": 10,
+    "beta": 6.0,  # weight of the KL term (trades, weat-*, mart)
+    "test_attack_steps": 20,  # PGD-20 on the test subset, step eps/4, uniform start
+    "max_train": None,  # None: the whole training set; N: a seeded random subset of N images
+    "max_test": 1000,  # size of the fixed test subset evaluated every epoch
+    "seed": 0,
+    "amp": "bf16",  # CUDA only: bf16 | fp16 | off (CPU always runs fp32)
+}
+
+# Presets over DEFAULTS. "cpu" is sized for a 2-core CPU: a few hours for sat/trades/weat-adv (see README table).
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "cpu": {
+        "arch": "cnn-small",
+        "epochs": 10,
+        "attack_steps": 3,
+        "step_size": 4 / 255,  # 3 steps of eps/2 still reach the ball's boundary
+        "max_train": 10000,
+        "max_test": 500,
+    },
+}
+
+FILES = ("config.json", "metrics.jsonl", "state.pt", "last.safetensors", "best.safetensors")
+# The keys of metrics.jsonl that `robgen phases` reads (one object per line, one line per epoch).
+METRIC_KEYS = (
+    "epoch", "lr", "train_loss", "train_E_clean", "train_E_adv", "train_Ey_clean", "train_Ey_adv", "train_dE",
+    "train_dEy", "weight_mean", "weight_std", "weight_min", "weight_max", "test_clean_acc", "test_robust_acc",
+    "epoch_seconds", "images_per_s", "loss",
+)
+
+SCHEDULES: Registry[Callable[[torch.optim.Optimizer, dict, int], Any]] = Registry("schedule")
+
+
+@SCHEDULES.register("onecycle")
+def onecycle(optimizer: torch.optim.Optimizer, config: dict, total_steps: int):
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, config["lr"], total_steps=total_steps, pct_start=config["pct_start"])
+
+
+@SCHEDULES.register("cosine")
+def cosine(optimizer: torch.optim.Optimizer, config: dict, total_steps: int):
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_steps)
+
+
+@SCHEDULES.register("step")
+def step(optimizer: torch.optim.Optimizer, config: dict, total_steps: int):
+    """lr / 10 at half and again at three quarters of the run."""
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, [total_steps // 2, total_steps * 3 // 4], 0.1)
+
+
+def make_config(recipe: str | None = None, base: dict | None = None, **overrides: Any) -> dict:
+    """A validated recipe: `base` (a saved config.json) or DEFAULTS + RECIPES[recipe], then the non-None overrides."""
+    if recipe is not None and recipe not in RECIPES:
+        raise RobgenError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
+    unknown = sorted(set(overrides) - set(DEFAULTS))
+    if unknown:
+        raise RobgenError(f"unknown training option {unknown[0]!r}; known: {', '.join(DEFAULTS)}")
+    if base is not None and recipe is None:
+        config = {k: base[k] for k in ("recipe", *DEFAULTS) if k in base}
+    else:
+        config = {**DEFAULTS, **RECIPES[recipe or "paper"], "recipe": recipe or "paper"}
+    config.update({k: v for k, v in overrides.items() if v is not None})
+    _validate(config)
+    return config
+
+
+def _validate(c: dict) -> None:
+    LOSSES.get(c["loss"])
+    SCHEDULES.get(c["schedule"])
+    for key in ("eps", "step_size"):
+        if not 0 < c[key] <= 1:
+            raise RobgenError(f"{key.replace('_', '-')} must be in (0, 1] for images in [0, 1], got {c[key]}; e.g. 8/255")
+    for key in ("epochs", "batch_size", "attack_steps", "test_attack_steps", "max_test"):
+        if int(c[key]) < 1:
+            raise RobgenError(f"{key.replace('_', '-')} must be at least 1, got {c[key]}")
+    if c["max_train"] is not None and c["max_train"] < 1:
+        raise RobgenError(f"max-train must be at least 1, got {c['max_train']}")
+    if c["lr"] <= 0 or c["beta"] < 0:
+        raise RobgenError(f"lr must be positive and beta non-negative, got lr {c['lr']}, beta {c['beta']}")
+    if c["amp"] not in ("bf16", "fp16", "off"):
+        raise RobgenError(f"unknown amp mode {c['amp']!r}; use bf16, fp16 or off")
+
+
+def read_config(out: str | Path) -> dict | None:
+    """The recipe of the run in `out`, or None when there is none."""
+    path = Path(out) / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _check_same_recipe(saved: dict, config: dict, out: Path) -> None:
+    for key in ("recipe", *DEFAULTS):
+        if saved.get(key) != config.get(key):
+            raise RobgenError(
+                f"--resume: {out} holds a run with {key}={saved.get(key)!r}, not {config.get(key)!r}; "
+                f"resume with the same recipe or train into another --out"
+            )
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of every generator in one epoch on one rank."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+def train_step(
+    model: Classifier,
+    outer: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss: Loss,
+    x: Tensor,
+    y: Tensor,
+    config: dict,
+    *,
+    generator: torch.Generator | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    autocast: contextlib.AbstractContextManager | None = None,
+) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+    """One adversarial training step: attack (eval mode), outer loss (train mode via `outer`, e.g. the DDP
+    wrapper), update. Returns (loss, weights or None, eval-mode clean logits, eval-mode adversarial logits)."""
+    with autocast or contextlib.nullcontext():
+        x_adv, clean = adversarial(
+            model, x, y, loss, eps=config["eps"], step_size=config["step_size"], steps=config["attack_steps"],
+            generator=generator,
+        )
+        with torch.no_grad():  # telemetry: E(x*) under the same (eval-mode) model as E(x)
+            adv = model(x_adv)
+        value, weights = batch_loss(loss, outer, x, x_adv, y, config["beta"])
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(value).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        value.backward()
+        optimizer.step()
+    return value.detach(), weights, clean.float(), adv.float()
+
+
+def _setup_distributed(device: str | None) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); under torchrun, joins the process group (NCCL on CUDA, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    dev = resolve_device(device)
+    if world == 1:
+        return 0, 1, dev
+    if dev.type == "cuda":
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        # Rank 0 evaluates alone after each epoch while the others wait: allow for a long evaluation.
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=1))
+    return dist.get_rank(), dist.get_world_size(), dev
+
+
+def _prepare_out(out: Path, config: dict, resume: bool, overwrite: bool, writer: bool) -> dict | None:
+    """Refuse to clobber a run; returns the saved state to resume from (None: start at epoch 1)."""
+    present = [name for name in FILES if (out / name).exists()]
+    # Only rank 0 judges: the other ranks may look after it has already written this run's config.json.
+    if present and not resume and not overwrite and writer:
+        raise RobgenError(
+            f"{out} already holds a run ({', '.join(present)}); pass --resume to continue it, "
+            "--overwrite to replace it, or choose another --out"
+        )
+    if resume and (saved := read_config(out)) is not None:
+        _check_same_recipe(saved, config, out)
+        if (out / "state.pt").is_file():
+            return torch.load(out / "state.pt", map_location="cpu", weights_only=True)
+    elif overwrite and writer:
+        for name in present:
+            (out / name).unlink()
+    return None
+
+
+def _epoch_metrics(totals: Tensor, wmin: Tensor, wmax: Tensor, weighted: bool) -> dict[str, float | None]:
+    n = totals[0].item()
+    _, loss, e_c, e_a, ey_c, ey_a, w, w2 = (totals / n).tolist()
+    return {
+        "train_loss": loss,
+        "train_E_clean": e_c,
+        "train_E_adv": e_a,
+        "train_Ey_clean": ey_c,
+        "train_Ey_adv": ey_a,
+        "train_dE": e_c - e_a,
+        "train_dEy": ey_c - ey_a,
+        "weight_mean": w if weighted else None,
+        "weight_std": math.sqrt(max(w2 - w * w, 0.0)) if weighted else None,
+        "weight_min": wmin.item() if weighted else None,
+        "weight_max": wmax.item() if weighted else None,
+        "train_images": int(n),
+    }
+
+
+def _format_epoch(m: dict, epochs: int) -> str:
+    line = (
+        f"epoch {m['epoch']}/{epochs}  loss {m['train_loss']:.4f}  clean {m['test_clean_acc']:.2f}%  "
+        f"PGD-{m['test_attack_steps']} {m['test_robust_acc']:.2f}%  E(x) {m['train_E_clean']:.3f}/{m['train_E_adv']:.3f}  "
+        f"dE(x) {m['train_dE']:+.4f}  dE(x,y) {m['train_dEy']:+.4f}"
+    )
+    if m["weight_mean"] is not None:
+        line += f"  w {m['weight_mean']:.3f}+-{m['weight_std']:.3f} [{m['weight_min']:.3f}, {m['weight_max']:.3f}]"
+    return line + f"  lr {m['lr']:.4g}  {m['epoch_seconds']:.1f} s  {m['images_per_s']:.0f} img/s"
+
+
+def train(
+    config: dict,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    device: str | None = "auto",
+    workers: int = EVAL_DEFAULTS["workers"],
+    compile: bool = False,
+    stop_after: int | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train a robust classifier with `config` (see make_config) into the run folder `out`.
+
+    resume continues the run in `out` from its last completed epoch; stop_after ends this call after that many
+    epochs (resume later). Under torchrun the same call trains with DistributedDataParallel; only rank 0 writes.
+    Returns the last epoch's metrics, the best epoch and the checkpoint paths.
+    """
+    _validate(config)
+    if stop_after is not None and stop_after < 1:
+        raise RobgenError(f"stop-after must be at least 1 epoch, got {stop_after}")
+    out = Path(out)
+    rank, world, dev = _setup_distributed(device)
+    try:
+        return _train(config, out, rank, world, dev, resume, overwrite, workers, compile, stop_after, progress, log)
+    finally:
+        if world > 1:
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def _train(config, out, rank, world, dev, resume, overwrite, workers, compile, stop_after, progress, log) -> dict:
+    writer = rank == 0
+    if not writer:
+        log = lambda line: None  # noqa: E731 - only rank 0 reports
+    loss = LOSSES.get(config["loss"])
+    state = _prepare_out(out, config, resume, overwrite, writer)
+    if config["batch_size"] % world:
+        raise RobgenError(f"batch size {config['batch_size']} does not split over {world} processes; use a multiple of {world}")
+    train_data, spec = load_split(config["data"], "train", augment=True, n=config["max_train"], seed=config["seed"])
+    test_data, _ = load_split(config["data"], "test", n=config["max_test"], seed=EVAL_DEFAULTS["seed"])
+    if config["batch_size"] > len(train_data):
+        raise RobgenError(
+            f"batch size {config['batch_size']} is larger than the training set ({len(train_data)} images); "
+            "lower --batch-size or raise --max-train"
+        )
+    cuda = dev.type == "cuda"
+
+    torch.manual_seed(config["seed"])
+    meta = ModelMeta(
+        arch=config["arch"], num_classes=spec.num_classes, input_shape=spec.input_shape, mean=spec.mean, std=spec.std,
+        class_names=spec.class_names or [], dataset=spec.name, recipe=dict(config),
+    )
+    model = build_classifier(meta).to(dev)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config["lr"], momentum=config["momentum"], weight_decay=config["weight_decay"]
+    )
+    sampler = DistributedSampler(train_data, num_replicas=world, rank=rank, shuffle=True, seed=config["seed"])
+    per_rank = config["batch_size"] // world
+    steps_per_epoch = len(sampler) // per_rank
+    scheduler = SCHEDULES.get(config["schedule"])(optimizer, config, config["epochs"] * steps_per_epoch)
+    use_amp = cuda and config["amp"] != "off"
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda and config["amp"] == "fp16")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16 if config["amp"] == "bf16" else torch.float16, enabled=use_amp)
+
+    start, best, history = 1, {"epoch": 0, "test_robust_acc": -1.0}, []
+    if state is not None:
+        model.net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start, best = state["epoch"] + 1, {"epoch": state["best_epoch"], "test_robust_acc": state["best_robust_acc"]}
+        # Lines past the committed epoch come from an epoch that was killed before state.pt was written.
+        lines = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").is_file() else []
+        history = [ln for ln in lines if ln.strip() and json.loads(ln)["epoch"] <= state["epoch"]]
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+    fast = torch.compile(model) if compile and cuda else model
+    outer = DistributedDataParallel(model, device_ids=[dev] if cuda else None) if world > 1 else model
+    outer = torch.compile(outer) if compile and cuda else outer
+    test_attack = AttackSpec(
+        "pgd", eps=config["eps"], step_size=config["eps"] / 4, steps=config["test_attack_steps"], start="uniform"
+    )
+    what = f"resuming at epoch {start}" if state is not None else "starting"
+    log(
+        f"{what}: {config['loss']} on {spec.name} ({len(train_data)} train / {len(test_data)} test images), "
+        f"{config['arch']}, recipe {config['recipe']}: {config['epochs']} epochs x {steps_per_epoch} steps of "
+        f"{config['batch_size']}, lr {config['lr']} {config['schedule']}, attack {config['attack_steps']} x "
+        f"{config['step_size']:.4f} in eps {config['eps']:.4f}, beta {config['beta']}; {dev}"
+        + (f" x {world} processes" if world > 1 else "") + f" -> {out}"
+    )
+    last = json.loads(history[-1]) if history else None
+    end = config["epochs"] if stop_after is None else min(config["epochs"], start - 1 + stop_after)
+    for epoch in range(start, end + 1):
+        seed = epoch_seed(config["seed"], epoch, rank)
+        torch.manual_seed(seed)  # augmentation in the main process (workers are seeded by the loader's generator)
+        generator = torch.Generator().manual_seed(seed)
+        sampler.set_epoch(epoch)
+        loader = DataLoader(
+            train_data, batch_size=per_rank, sampler=sampler, num_workers=workers, drop_last=True,
+            generator=torch.Generator().manual_seed(seed), pin_memory=cuda,
+        )
+        totals = torch.zeros(8, device=dev, dtype=torch.float64)
+        wmin = torch.full((), math.inf, device=dev)
+        wmax = torch.full((), -math.inf, device=dev)
+        lr = scheduler.get_last_lr()[0]
+        began = time.perf_counter()
+        bar = tqdm(loader, desc=f"epoch {epoch}/{config['epochs']}", unit="batch", disable=not (progress and writer), leave=False)
+        for i, (x, y) in enumerate(bar, 1):
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            value, weights, clean, adv = train_step(
+                fast, outer, optimizer, loss, x, y, config, generator=generator, scaler=scaler, autocast=autocast
+            )
+            scheduler.step()
+            bad = (~torch.isfinite(value)).float()
+            if world > 1:  # all ranks stop together
+                dist.all_reduce(bad)
+            if bad.item():
+                kept = f"the last good checkpoint (epoch {epoch - 1}) is kept in {out}" if epoch > 1 else "no checkpoint was written"
+                raise RobgenError(f"loss became {value.item()} at epoch {epoch}, batch {i}; stopped, {kept}; lower --lr or check the data")
+            e_c, e_a = energy.marginal_energy(clean), energy.marginal_energy(adv)
+            ey_c, ey_a = energy.joint_energy(clean, y), energy.joint_energy(adv, y)
+            w = weights.detach().float() if weights is not None else torch.zeros_like(e_c)
+            totals += torch.stack([
+                torch.tensor(float(len(y)), device=dev), value.float() * len(y), e_c.sum(), e_a.sum(),
+                ey_c.sum(), ey_a.sum(), w.sum(), (w * w).sum(),
+            ]).double()
+            wmin, wmax = torch.minimum(wmin, w.min()), torch.maximum(wmax, w.max())
+            bar.set_postfix(loss=f"{value.item():.4f}", img_s=f"{i * config['batch_size'] / (time.perf_counter() - began):.0f}")
+        if world > 1:
+            dist.all_reduce(totals)
+            dist.all_reduce(wmin, dist.ReduceOp.MIN)
+            dist.all_reduce(wmax, dist.ReduceOp.MAX)
+        seconds = time.perf_counter() - began
+        train_metrics = _epoch_metrics(totals, wmin, wmax, weights is not None)
+        if not writer:
+            continue
+        began = time.perf_counter()
+        test = summarize(collect_energies(
+            model, test_data, test_attack, batch_size=EVAL_DEFAULTS["batch_size"], seed=EVAL_DEFAULTS["seed"],
+            device=str(dev), workers=workers, progress=progress,
+        ))
+        last = {
+            "epoch": epoch, "lr": lr, **train_metrics,
+            "test_clean_acc": test["clean_acc"], "test_robust_acc": test["robust_acc"],
+            "test_E_clean": test["E_clean"], "test_E_adv": test["E_adv"], "test_dE": test["dE"], "test_dEy": test["dEy"],
+            "test_images": test["n"], "test_attack_steps": config["test_attack_steps"],
+            "epoch_seconds": seconds, "images_per_s": train_metrics["train_images"] / seconds,
+            "eval_seconds": time.perf_counter() - began, "loss": config["loss"],
+        }
+        model.meta.metrics = {k: last[k] for k in ("epoch", "test_clean_acc", "test_robust_acc", "test_images")}
+        model.meta.metrics["test_attack"] = f"pgd{config['test_attack_steps']} linf eps {config['eps']:.5f}"
+        save_classifier(model, out / "last.safetensors")
+        if last["test_robust_acc"] > best["test_robust_acc"]:
+            best = {"epoch": epoch, "test_robust_acc": last["test_robust_acc"]}
+            save_classifier(model, out / "best.safetensors")
+        history.append(json.dumps(last, sort_keys=True))
+        atomic_write_text(out / "metrics.jsonl", "\n".join(history) + "\n")
+        with atomic_path(out / "state.pt") as tmp:  # the commit point of this epoch
+            torch.save({
+                "epoch": epoch, "model": model.net.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "best_epoch": best["epoch"], "best_robust_acc": best["test_robust_acc"],
+            }, tmp)
+        log(_format_epoch(last, config["epochs"]))
+    if start > end:
+        log(f"{out} has already run {start - 1} of {config['epochs']} epochs: nothing to do")
+    return {
+        "out": str(out), "rank": rank, "epochs_done": last["epoch"] if last else end, "epochs": config["epochs"],
+        "last": last, "best": best,
+        "checkpoints": {"last": str(out / "last.safetensors"), "best": str(out / "best.safetensors")},
+        "config": config,
+    }

@@ -1,0 +1,217 @@
+"""The trainer: loss formulas, learning, exact resume, DDP, and the errors users see for bad input."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from PIL import Image
+from safetensors.torch import load_file
+
+from robgen import energy
+from robgen.cli import main
+from robgen.errors import RobgenError
+from robgen.models import ModelMeta, build_classifier
+from robgen.train import LOSSES, METRIC_KEYS, batch_loss, make_config, train
+
+REPO = Path(__file__).resolve().parents[1]
+COLOURS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200), "grey": (128, 128, 128)}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models: threads only add overhead, and the test machine is shared.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory) -> str:
+    """40 train / 20 test 16x16 PNGs, four classes told apart by colour: learnable in a few steps."""
+    root = tmp_path_factory.mktemp("colours")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 10), ("test", 5)):
+        for name, rgb in COLOURS.items():
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = np.clip(np.array(rgb) + rng.normal(0, 20, (16, 16, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return f"folder:{root}"
+
+
+def tiny(data: str, **overrides) -> dict:
+    base = {"data": data, "arch": "cnn-tiny", "epochs": 2, "batch_size": 8, "max_test": 20, "lr": 0.05}
+    return make_config(**{**base, **overrides})
+
+
+def run(config: dict, out: Path, **kwargs) -> dict:
+    return train(config, out, device="cpu", workers=0, progress=False, log=lambda line: None, **kwargs)
+
+
+def tiny_model(seed: int = 0):
+    torch.manual_seed(seed)
+    return build_classifier(ModelMeta("cnn-tiny", 4, input_shape=(3, 16, 16), mean=(0.5,) * 3, std=(0.25,) * 3))
+
+
+def test_weat_step_matches_hand_computation():
+    model = tiny_model()
+    reference = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(6, 3, 16, 16, generator=gen)
+    x_adv = (x + 0.03 * torch.rand(x.shape, generator=gen).sign()).clamp(0, 1)
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    beta, lr = 6.0, 0.1
+
+    value, weights = batch_loss(LOSSES.get("weat-adv"), model, x, x_adv, y, beta)
+    model.zero_grad()
+    value.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= lr * p.grad
+
+    # By hand (PAPER.md section 3): w = 1 / log(1 + exp(|E(x)|)) from the clean logits, detached; sum over B.
+    reference.train()
+    clean, adv = reference(x), reference(x_adv)
+    e_x = -torch.logsumexp(clean, 1).detach()
+    w = 1 / torch.log1p(torch.exp(e_x.abs()))
+    kl = (F.softmax(clean, 1) * (F.log_softmax(clean, 1) - F.log_softmax(adv, 1))).sum(1)
+    hand = (w * (F.cross_entropy(adv, y, reduction="none") + beta * kl)).sum() / len(y)
+    grads = torch.autograd.grad(hand, list(reference.parameters()))
+
+    assert torch.allclose(value, hand, atol=1e-6)
+    assert torch.allclose(weights, w, atol=1e-6)
+    for p, p0, g in zip(model.parameters(), reference.parameters(), grads):
+        assert torch.allclose(p, p0 - lr * g, atol=1e-6)
+
+
+def test_trades_is_weat_nat_with_unit_weights(monkeypatch):
+    model = tiny_model()
+    x = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    x_adv = (x + 0.03).clamp(0, 1)
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    trades, _ = batch_loss(LOSSES.get("trades"), model, x, x_adv, y, 6.0)
+    weighted, _ = batch_loss(LOSSES.get("weat-nat"), model, x, x_adv, y, 6.0)
+    assert not torch.allclose(trades, weighted)  # the weights matter...
+    monkeypatch.setattr(energy, "weat_weight", lambda logits: torch.ones(len(logits)))
+    unit, _ = batch_loss(LOSSES.get("weat-nat"), model, x, x_adv, y, 6.0)
+    assert torch.allclose(trades, unit, atol=1e-6)  # ...and with all w = 1 WEAT_nat is TRADES
+
+
+def test_training_improves_accuracy_and_writes_the_telemetry_contract(colours, tmp_path):
+    out = tmp_path / "run"
+    result = run(tiny(colours, epochs=4, lr=0.2), out)
+    lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2, 3, 4]
+    assert all(set(METRIC_KEYS) <= set(m) for m in lines)
+    assert lines[0]["weight_mean"] is not None and lines[0]["weight_min"] <= lines[0]["weight_max"]
+    assert lines[-1]["train_loss"] < lines[0]["train_loss"]
+    assert lines[0]["test_clean_acc"] < lines[-1]["test_clean_acc"] >= 90.0  # chance is 25% on four classes
+    assert result["last"]["test_clean_acc"] == lines[-1]["test_clean_acc"]
+    from robgen.models.checkpoint import load_classifier
+
+    model = load_classifier(out / "best.safetensors")
+    assert model.meta.recipe["loss"] == "weat-adv" and model.meta.class_names == sorted(COLOURS)
+    assert model.meta.metrics["test_robust_acc"] == max(m["test_robust_acc"] for m in lines)
+    state = torch.load(out / "state.pt", weights_only=True)
+    assert state["epoch"] == 4 and {"optimizer", "scheduler", "scaler"} <= set(state)
+
+
+@pytest.mark.parametrize("name", LOSSES.names())
+def test_every_loss_trains_and_reports_weights_only_when_weighted(colours, tmp_path, name):
+    run(tiny(colours, loss=name, epochs=1), tmp_path / name)
+    (line,) = [json.loads(ln) for ln in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    assert line["loss"] == name and np.isfinite(line["train_loss"])
+    assert (line["weight_mean"] is not None) == name.startswith("weat")
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(colours, tmp_path):
+    config = tiny(colours, loss="trades")
+    run(config, tmp_path / "whole")
+    run(config, tmp_path / "split", stop_after=1)
+    # A kill between writing metrics and committing state.pt leaves a line for an epoch that must be redone.
+    with open(tmp_path / "split" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"epoch": 2, "stale": True}) + "\n")
+    run(config, tmp_path / "split", resume=True)
+    whole, split = load_file(tmp_path / "whole" / "last.safetensors"), load_file(tmp_path / "split" / "last.safetensors")
+    assert whole.keys() == split.keys()
+    assert all(torch.equal(whole[k], split[k]) for k in whole)
+    lines = [json.loads(ln) for ln in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2] and "stale" not in lines[1]
+
+
+def test_ddp_two_processes_with_gloo_write_one_run(colours, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "robgen.cli",
+        "train", "--data", colours, "--arch", "cnn-tiny", "--epochs", "1", "--batch-size", "8", "--max-test", "8",
+        "--workers", "0", "--device", "cpu", "--out", str(out), "--json",
+    ]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)  # one JSON document: only rank 0 reports
+    assert result["epochs_done"] == 1
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["train_images"] == 40  # both ranks' halves counted
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["config.json", "metrics.jsonl", "state.pt", "last.safetensors", "best.safetensors"]
+    )
+
+
+def cli(*args: str):
+    return CliRunner().invoke(main, ["train", "--workers", "0", "--device", "cpu", *args])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--loss", "fancy"], "unknown loss 'fancy'; known: mart, sat, trades, weat-adv, weat-nat"),
+    (["--eps", "0"], "eps must be in (0, 1]"),
+    (["--eps", "2"], "eps must be in (0, 1]"),
+    (["--step-size", "1.5"], "step-size must be in (0, 1]"),
+    (["--batch-size", "64"], "batch size 64 is larger than the training set (40 images)"),
+])
+def test_bad_options_give_one_line_errors(colours, tmp_path, args, message):
+    result = cli("--data", colours, "--arch", "cnn-tiny", "--out", str(tmp_path / "r"), *args)
+    assert result.exit_code == 1
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "r" / "state.pt").exists()
+
+
+def test_existing_run_is_never_overwritten_and_resume_checks_the_recipe(colours, tmp_path):
+    out = str(tmp_path / "r")
+    base = ["--data", colours, "--arch", "cnn-tiny", "--epochs", "1", "--batch-size", "8", "--max-test", "8", "--out", out]
+    assert cli(*base).exit_code == 0
+    before = (tmp_path / "r" / "last.safetensors").read_bytes()
+
+    again = cli(*base)
+    assert again.exit_code == 1 and "already holds a run" in again.output and "--overwrite" in again.output
+    other = cli(*base, "--resume", "--lr", "0.3")
+    assert other.exit_code == 1 and "holds a run with lr=0.1, not 0.3" in other.output
+    assert (tmp_path / "r" / "last.safetensors").read_bytes() == before
+
+    finished = cli("--out", out, "--resume")  # the saved recipe fills every option left out
+    assert finished.exit_code == 0 and "nothing to do" in finished.output
+    assert cli(*base, "--overwrite", "--seed", "1").exit_code == 0
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["seed"] == 1
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(colours, tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    config = tiny(colours, epochs=2)
+    run(config, out, stop_after=1)
+    good = (out / "last.safetensors").read_bytes()
+    monkeypatch.setattr(energy, "trades_kl", lambda clean, adv: adv.sum(1) * float("nan"))
+    with pytest.raises(RobgenError, match=r"loss became nan at epoch 2, batch 1; stopped, the last good checkpoint \(epoch 1\)"):
+        run(config, out, resume=True)
+    assert (out / "last.safetensors").read_bytes() == good
+    assert torch.load(out / "state.pt", weights_only=True)["epoch"] == 1
