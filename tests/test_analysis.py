@@ -9,54 +9,15 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
 
+from conftest import make_ckpt
 from robgen import analysis, plots
 from robgen.attacks import ATTACKS, AttackSpec
 from robgen.cli import main
 from robgen.data import load_split
 from robgen.errors import RobgenError
-from robgen.models import ModelMeta, build_classifier
-from robgen.models.checkpoint import save_classifier
 
-CLASSES = ["a", "b", "c"]
 FAST = {"batch_size": 16, "workers": 0, "progress": False}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The test models are tiny: one thread avoids oversubscribing a shared CPU (several times faster there)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory) -> Path:
-    """An ImageFolder of 3 classes x 8 PNGs (32x32): a colour per class plus noise."""
-    root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    for k, name in enumerate(CLASSES):
-        (root / name).mkdir()
-        for i in range(8):
-            base = np.zeros((32, 32, 3))
-            base[..., k] = 0.7
-            pixels = np.clip(base + 0.2 * rng.random((32, 32, 3)), 0, 1)
-            Image.fromarray((pixels * 255).astype(np.uint8)).save(root / name / f"{i}.png")
-    return root
-
-
-def make_ckpt(path: Path, num_classes: int, dataset: str) -> Path:
-    torch.manual_seed(0)
-    meta = ModelMeta(arch="cnn-tiny", num_classes=num_classes, dataset=dataset,
-                     class_names=CLASSES if num_classes == 3 else [])
-    return save_classifier(build_classifier(meta).eval(), path)
-
-
-@pytest.fixture(scope="module")
-def ckpt(folder, tmp_path_factory) -> Path:
-    return make_ckpt(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", 3, f"folder:{folder}")
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +173,7 @@ def test_cli_phases_survey_weights(ckpt, folder, tmp_path):
 
 
 def test_bad_inputs_give_one_line_errors(ckpt, folder, tmp_path):
-    wrong = make_ckpt(tmp_path / "ten.safetensors", 10, "cifar10")
+    wrong = make_ckpt(tmp_path / "ten.safetensors", "cifar10", num_classes=10)
     never = str(tmp_path / "never")
     cases = {
         ("phases", str(tmp_path), "--out", f"{never}/ph.png"): "robgen train --out",

@@ -11,8 +11,8 @@ def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
-def test_eval_reports_accuracy_and_energies(tiny_ckpt, tiny_folder):
-    result = run("eval", "--ckpt", tiny_ckpt, "--attack", "pgd10", "--n", 12, "--device", "cpu", "--json")
+def test_eval_reports_accuracy_and_energies(ckpt, folder):
+    result = run("eval", "--ckpt", ckpt, "--attack", "pgd10", "--n", 12, "--device", "cpu", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["n"] == 12 and report["attack"]["steps"] == 10
@@ -20,29 +20,29 @@ def test_eval_reports_accuracy_and_energies(tiny_ckpt, tiny_folder):
     assert abs(report["dE"] - (report["E_clean"] - report["E_adv"])) < 1e-4
 
 
-def test_eval_accepts_fractions_and_prints_lines(tiny_ckpt):
-    result = run("eval", "--ckpt", tiny_ckpt, "--attack", "fgsm", "--eps", "4/255", "--n", 6, "--device", "cpu")
+def test_eval_accepts_fractions_and_prints_lines(ckpt):
+    result = run("eval", "--ckpt", ckpt, "--attack", "fgsm", "--eps", "4/255", "--n", 6, "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert "eps 0.0157" in result.output and "robust accuracy" in result.output
 
 
-def test_eval_on_mismatched_data_is_one_line(tiny_ckpt, tmp_path):
+def test_eval_on_mismatched_data_is_one_line(ckpt, tmp_path):
     from conftest import write_image_folder
 
     other = write_image_folder(tmp_path / "d", per_class=1, size=16)
-    result = run("eval", "--ckpt", tiny_ckpt, "--data", f"folder:{other}")
+    result = run("eval", "--ckpt", ckpt, "--data", f"folder:{other}")
     assert result.exit_code == 1
     assert result.output.strip().count("\n") == 0 and "expects 3 classes of shape (3, 32, 32)" in result.output
 
 
-def test_info_checks_weights(tiny_ckpt):
-    result = run("info", "--ckpt", tiny_ckpt, "--json")
+def test_info_checks_weights(ckpt):
+    result = run("info", "--ckpt", ckpt, "--json")
     info = json.loads(result.stdout)
     assert info["arch"] == "cnn-tiny" and info["weights_match_architecture"] and info["parameters"] > 0
 
 
-def test_import_converts_and_refuses_to_overwrite(tiny_ckpt, tmp_path):
-    model = load_classifier(tiny_ckpt)
+def test_import_converts_and_refuses_to_overwrite(ckpt, tmp_path):
+    model = load_classifier(ckpt)
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.net.state_dict().items()}}, tmp_path / "rb.pt")
     out = tmp_path / "imported.safetensors"
     result = run("import", tmp_path / "rb.pt", "--arch", "cnn-tiny", "--data", f"folder:{model.meta.dataset[7:]}",

@@ -48,22 +48,22 @@ def test_missing_torchvision_dataset_says_how_to_get_it(tmp_path):
         load_split("cifar10", "test", root=tmp_path)
 
 
-def test_folder_dataset_picks_split_and_reads_shape(tiny_folder):
-    train, spec = load_split(f"folder:{tiny_folder}", "train")
-    test, _ = load_split(f"folder:{tiny_folder}", "test", n=5, seed=1)
+def test_folder_dataset_picks_split_and_reads_shape(folder):
+    train, spec = load_split(f"folder:{folder}", "train")
+    test, _ = load_split(f"folder:{folder}", "test", n=5, seed=1)
     assert spec.num_classes == 3 and spec.input_shape == (3, 32, 32) and spec.class_names[0] == "class0"
     assert len(train) == 24 and len(test) == 5
     assert labels_of(test).tolist() == [test[i][1] for i in range(5)]
 
 
-def test_subset_is_the_same_for_the_same_seed(tiny_folder):
-    a, _ = load_split(f"folder:{tiny_folder}", "test", n=5, seed=3)
-    b, _ = load_split(f"folder:{tiny_folder}", "test", n=5, seed=3)
+def test_subset_is_the_same_for_the_same_seed(folder):
+    a, _ = load_split(f"folder:{folder}", "test", n=5, seed=3)
+    b, _ = load_split(f"folder:{folder}", "test", n=5, seed=3)
     assert a.indices == b.indices
 
 
-def test_augmentation_keeps_shape(tiny_folder):
-    data, _ = load_split(f"folder:{tiny_folder}", "train", augment=True)
+def test_augmentation_keeps_shape(folder):
+    data, _ = load_split(f"folder:{folder}", "train", augment=True)
     assert data[0][0].shape == (3, 32, 32)
 
 

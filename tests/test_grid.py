@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import shutil
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from _sample_fixtures import ckpt, folder, isolated_cache  # noqa: F401
 from robgen.cli import main
 from robgen.errors import RobgenError
 from robgen.grid import grid

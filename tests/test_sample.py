@@ -13,7 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from _sample_fixtures import ckpt, folder, isolated_cache, make_ckpt, write_folder  # noqa: F401
+from conftest import make_ckpt, write_image_folder
 from robgen.cli import main
 from robgen.errors import RobgenError
 from robgen.models.checkpoint import load_classifier
@@ -60,8 +60,8 @@ def test_every_start_gives_images_in_range(folder, init):
 
 def test_same_seed_same_bytes_and_output_layout(ckpt, tmp_path):
     a = sample(ckpt, out=tmp_path / "a", seed=1, **FAST)
-    b = sample(ckpt, out=tmp_path / "b", seed=1, **FAST)
-    c = sample(ckpt, out=tmp_path / "c", seed=2, **FAST)
+    sample(ckpt, out=tmp_path / "b", seed=1, **FAST)
+    sample(ckpt, out=tmp_path / "c", seed=2, **FAST)
     assert (tmp_path / "a/samples.npz").read_bytes() == (tmp_path / "b/samples.npz").read_bytes()
     assert not np.array_equal(images_of(tmp_path / "a")[0], images_of(tmp_path / "c")[0])
     images, labels = images_of(tmp_path / "a")
@@ -132,7 +132,7 @@ def test_shipped_fit_serves_a_machine_without_data(folder, tmp_path):
 
 
 def test_grayscale_64px_inputs(tmp_path):
-    data = write_folder(tmp_path / "gray", per_class=4, size=64, gray=True)
+    data = write_image_folder(tmp_path / "gray", per_class=4, size=64, gray=True)
     ckpt = make_ckpt(tmp_path / "g.safetensors", f"folder:{data}", shape=(1, 64, 64))
     sample(ckpt, out=tmp_path / "s", init="mix", n=2, steps=2, progress=False)
     images, _ = images_of(tmp_path / "s")

@@ -13,9 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
-from PIL import Image
 from safetensors.torch import load_file
 
+from conftest import write_image_folder
 from robgen import energy
 from robgen.cli import main
 from robgen.errors import RobgenError
@@ -26,27 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 COLOURS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200), "grey": (128, 128, 128)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models: threads only add overhead, and the test machine is shared.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def colours(tmp_path_factory) -> str:
     """40 train / 20 test 16x16 PNGs, four classes told apart by colour: learnable in a few steps."""
-    root = tmp_path_factory.mktemp("colours")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 10), ("test", 5)):
-        for name, rgb in COLOURS.items():
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(n):
-                pixels = np.clip(np.array(rgb) + rng.normal(0, 20, (16, 16, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
+    root = write_image_folder(tmp_path_factory.mktemp("colours"), COLOURS, 10, 5, size=16, noise=20)
     return f"folder:{root}"
 
 

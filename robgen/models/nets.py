@@ -1,7 +1,6 @@
 """Architectures, registered by name. Parameter names follow RobustBench's model zoo so its weights load as they are."""
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
