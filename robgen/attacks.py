@@ -33,7 +33,7 @@ def _rand(shape: torch.Size, generator: torch.Generator | None, like: Tensor) ->
     return torch.rand(shape, generator=generator).to(device=like.device, dtype=like.dtype)
 
 
-def _per_sample_norm(t: Tensor) -> Tensor:
+def per_sample_norm(t: Tensor) -> Tensor:
     return t.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (t.dim() - 1))
 
 
@@ -43,7 +43,7 @@ def project(x_adv: Tensor, x: Tensor, eps: float, norm: str) -> Tensor:
     if norm == "linf":
         delta = delta.clamp(-eps, eps)
     else:
-        delta = delta * (eps / _per_sample_norm(delta)).clamp(max=1.0)
+        delta = delta * (eps / per_sample_norm(delta)).clamp(max=1.0)
     return (x + delta).clamp(0.0, 1.0)
 
 
@@ -60,7 +60,7 @@ def random_start(x: Tensor, eps: float, norm: str, kind: str | None, generator: 
     else:
         direction = _randn(x.shape, generator, x)
         radius = _rand(x.shape[:1], generator, x).view(-1, *[1] * (x.dim() - 1)) * eps
-        delta = direction / _per_sample_norm(direction) * radius
+        delta = direction / per_sample_norm(direction) * radius
     return (x + delta).clamp(0.0, 1.0)
 
 
@@ -94,7 +94,7 @@ def pgd(
         x_adv.requires_grad_(True)
         loss = sign * objective_fn(model(x_adv), y, clean_logits).sum()
         (grad,) = torch.autograd.grad(loss, x_adv)
-        step = grad.sign() if norm == "linf" else grad / _per_sample_norm(grad)
+        step = grad.sign() if norm == "linf" else grad / per_sample_norm(grad)
         x_adv = project(x_adv.detach() + step_size * step, x, eps, norm)
     return x_adv.detach()
 

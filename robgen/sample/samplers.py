@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..attacks import _per_sample_norm, project
+from ..attacks import per_sample_norm, project
 from ..errors import RobgenError
 from ..registry import Registry
 
@@ -89,7 +89,7 @@ def pgd(x: Tensor, state: dict, grad_fn: GradFn, cfg: SamplerConfig, noise: Nois
     """Normalised descent (sign for linf, unit-L2 for l2) inside an optional eps-ball around the start
     (Santurkar et al. 2019); default step 0.5 is for l2."""
     e, grad = grad_fn(x)
-    direction = grad.sign() if cfg.norm == "linf" else grad / _per_sample_norm(grad)
+    direction = grad.sign() if cfg.norm == "linf" else grad / per_sample_norm(grad)
     x = x - cfg.step_size * direction
     if cfg.eps is None:
         return x.clamp_(0.0, 1.0), e
