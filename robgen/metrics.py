@@ -46,7 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "prc_neighborhood": 3,
     "isc_splits": 10,
     "device": "auto",
-    # channels_last convolutions: 2.9x faster on 2 CPU cores, FID moved by 1.6e-8 relative (bench_score.py,
+    # channels_last convolutions: 1.5-2.9x faster on 2 shared CPU cores, FID moved by 1.6e-8 relative (bench_score.py,
     # 1,000 CIFAR-10 images); False reproduces torch-fidelity's features bit for bit.
     "channels_last": True,
 }
@@ -172,7 +172,10 @@ def load_reference_images(ref: str, data_root: str | None = None, download: bool
         root = Path(data_root or os.environ.get("ROBGEN_DATA", "data")).expanduser()
         try:
             data = torchvision.datasets.CIFAR10(str(root), train=ref.endswith("train"), download=download)
-        except (RuntimeError, OSError):  # missing files, or a failed --download
+        except (RuntimeError, OSError) as err:  # missing files, or a failed --download
+            if download:
+                raise RobgenError(f"could not download CIFAR-10 into {root} ({type(err).__name__}); offline, "
+                                  f"use --ref folder:PATH") from None
             raise RobgenError(f"CIFAR-10 is not under {root}; add --download (needs the internet), "
                               f"set --data-root, or use --ref folder:PATH") from None
         images = _as_rgb_nchw(data.data, ref)
