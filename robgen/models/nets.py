@@ -9,6 +9,18 @@ from ..registry import Registry
 ARCHS: Registry = Registry("architecture")
 
 
+def resnet_stages(block: type[nn.Module], num_blocks: list[int]) -> list[nn.Sequential]:
+    """The four stages of a CIFAR ResNet (64, 128, 256, 512 channels; stride 2 from the second stage on)."""
+    stages, in_planes = [], 64
+    for planes, blocks, stride in zip((64, 128, 256, 512), num_blocks, (1, 2, 2, 2)):
+        layers = []
+        for s in [stride] + [1] * (blocks - 1):
+            layers.append(block(in_planes, planes, s))
+            in_planes = planes
+        stages.append(nn.Sequential(*layers))
+    return stages
+
+
 # ---- PreActResNet-18 (RobustBench resnet.py naming) ----
 class PreActBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int = 1):
@@ -31,21 +43,11 @@ class PreActBlock(nn.Module):
 class PreActResNet(nn.Module):
     def __init__(self, num_blocks: list[int], num_classes: int, in_channels: int = 3):
         super().__init__()
-        self.in_planes = 64
         self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
-        self.layer1 = self._make_layer(64, num_blocks[0], 1)
-        self.layer2 = self._make_layer(128, num_blocks[1], 2)
-        self.layer3 = self._make_layer(256, num_blocks[2], 2)
-        self.layer4 = self._make_layer(512, num_blocks[3], 2)
+        self.layer1, self.layer2, self.layer3, self.layer4 = resnet_stages(PreActBlock, num_blocks)
         self.bn = nn.BatchNorm2d(512)
         self.linear = nn.Linear(512, num_classes)
 
-    def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
-        layers = []
-        for s in [stride] + [1] * (blocks - 1):
-            layers.append(PreActBlock(self.in_planes, planes, s))
-            self.in_planes = planes
-        return nn.Sequential(*layers)
 
     def forward(self, x):
         out = self.layer4(self.layer3(self.layer2(self.layer1(self.conv1(x)))))
@@ -76,21 +78,11 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     def __init__(self, num_blocks: list[int], num_classes: int, in_channels: int = 3):
         super().__init__()
-        self.in_planes = 64
         self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
-        self.layer1 = self._make_layer(64, num_blocks[0], 1)
-        self.layer2 = self._make_layer(128, num_blocks[1], 2)
-        self.layer3 = self._make_layer(256, num_blocks[2], 2)
-        self.layer4 = self._make_layer(512, num_blocks[3], 2)
+        self.layer1, self.layer2, self.layer3, self.layer4 = resnet_stages(BasicBlock, num_blocks)
         self.linear = nn.Linear(512, num_classes)
 
-    def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
-        layers = []
-        for s in [stride] + [1] * (blocks - 1):
-            layers.append(BasicBlock(self.in_planes, planes, s))
-            self.in_planes = planes
-        return nn.Sequential(*layers)
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
