@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
 from . import energy
@@ -79,6 +80,8 @@ def phase_figure(result: dict) -> Figure:
     ax_de.axhline(0, color="gray", lw=0.8)
     ax_de.set(xlabel="epoch", ylabel="train dE(x) = E(x) - E(x*)  (logit units)", title="Energy gap on training data")
     ax_err.set(xlabel="epoch", ylabel="PGD test error (%)", title="Robust test error (100 - robust accuracy)")
+    for ax in (ax_de, ax_err):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     markers = [Line2D([], [], color="gray", ls="--", label="phase 2 starts"),
                Line2D([], [], color="gray", ls=":", label="phase 3 starts")]
     ax_de.legend(fontsize=8)
