@@ -34,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "isc": False,
     "per_class": False,
     "n": None,  # number of samples scored; None = all (a seeded random subset otherwise)
+    "ref_n": None,  # number of reference images; None = all (a random subset with seed 0 otherwise, for CPU budgets)
     "batch_size": 64,  # images per extractor call (torch-fidelity's default); features do not depend on it
     "backend": "torch-fidelity",
     "feature_extractor": None,  # a torch-fidelity extractor name; None = Inception-v3 from the resolved weights
@@ -183,12 +184,12 @@ def load_reference_images(ref: str, data_root: str | None = None, download: bool
     raise RobgenError(f"unknown reference {ref!r}; use cifar10-train, cifar10-test, folder:PATH or STATS.npz")
 
 
-def subsample(images: ImageSet, n: int | None, seed: int) -> ImageSet:
+def subsample(images: ImageSet, n: int | None, seed: int, option: str = "--n") -> ImageSet:
     """A seeded random subset: samples are often stored class by class, so the first N would be a few classes."""
     if n is None or n == len(images):
         return images
     if n > len(images):
-        raise RobgenError(f"--n {n} asks for more samples than {images.name} holds ({len(images)})")
+        raise RobgenError(f"{option} {n} asks for more images than {images.name} holds ({len(images)})")
     _check_count(images.images[:n], images.name)
     keep = np.sort(np.random.default_rng(seed).permutation(len(images))[:n])
     return ImageSet(images.images[keep], images.labels[keep], images.name, f"{images.fingerprint}:n{n}:s{seed}")
@@ -391,6 +392,11 @@ def reference_stats(ref: str, backend: Backend, extractor: Extractor, opts: dict
                              **have, "reference": f"{have.get('reference', 'unknown')} via {ref}"}
         return stats
     images = load_reference_images(ref, opts["data_root"], opts["download"])
+    total = len(images)
+    # Seed 0, not the run's seed: the same subset (and cache entry) serves every scored run.
+    images = subsample(images, opts["ref_n"], 0, "--ref-n")
+    if len(images) < total:
+        ref = f"{ref} [seeded subset of {len(images)} of {total}]"
     key = json.dumps([images.fingerprint, _protocol_id(backend, extractor)], sort_keys=True)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", ref).strip("-")[-40:]
     path = cache_dir("stats") / f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"

@@ -273,3 +273,12 @@ def test_clean_fid_backend_with_the_trunk(tmp_path, wheel):
     with pytest.raises(RobgenError, match="was computed with engine='clean-fid'"):
         metrics.score(samples, ref=str(tmp_path / "ref.npz"), inception_weights=str(wheel))
     assert json.loads(np.load(tmp_path / "ref.npz")["protocol"].item())["engine"] == "clean-fid"
+
+
+def test_reference_subset_is_seeded_and_stated(sets):
+    a = metrics.score(sets["samples"], ref=sets["ref"], ref_n=16, seed=1, **tiny())
+    b = metrics.score(sets["samples"], ref=sets["ref"], ref_n=16, seed=2, **tiny())
+    assert a["protocol"]["reference_size"] == 16 and "subset of 16 of 40" in a["protocol"]["reference"]
+    assert a["fid"] == b["fid"]  # the reference subset does not follow the samples' seed
+    with pytest.raises(RobgenError, match="--ref-n 41 asks for more images than .* holds \\(40\\)"):
+        metrics.score(sets["samples"], ref=sets["ref"], ref_n=41, **tiny())
