@@ -99,19 +99,6 @@ def pgd(
     return x_adv.detach()
 
 
-def fgsm(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    *,
-    eps: float = 8 / 255,
-    step_size: float | None = None,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """FGSM with a uniform random start (Wong et al. 2020): one signed step of 1.25 eps, projected."""
-    return pgd(model, x, y, eps=eps, step_size=step_size or 1.25 * eps, steps=1, generator=generator)
-
-
 @dataclass(frozen=True)
 class AttackSpec:
     """A named attack configuration; CLI options override its fields with dataclasses.replace."""
@@ -131,6 +118,7 @@ class AttackSpec:
 
 ATTACKS: Registry[AttackSpec] = Registry("attack")
 ATTACKS.register("none")(AttackSpec("none", steps=0))
+# FGSM with a uniform random start (Wong et al. 2020): one signed step of 1.25 eps, projected.
 ATTACKS.register("fgsm")(AttackSpec("fgsm", step_size=1.25 * 8 / 255, steps=1))
 for _steps in (10, 20, 50, 100):
     ATTACKS.register(f"pgd{_steps}")(AttackSpec("pgd", steps=_steps))

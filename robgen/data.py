@@ -39,6 +39,12 @@ class DatasetSpec:
 DATASETS: Registry[Callable[[], DatasetSpec]] = Registry("dataset")
 
 
+def open_image(path: str | Path, mode: str) -> Image.Image:
+    """Decode an image in `mode` and close its file (a dataset reads thousands)."""
+    with Image.open(path) as img:
+        return img.convert(mode)
+
+
 def default_root() -> Path:
     return Path(os.environ.get("ROBGEN_DATA", "data")).expanduser()
 
@@ -120,7 +126,7 @@ class TinyImageNetVal(Dataset):
 
     def __getitem__(self, i: int):
         path, label = self.items[i]
-        return self.transform(Image.open(path).convert("RGB")), label
+        return self.transform(open_image(path, "RGB")), label
 
 
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
@@ -175,9 +181,9 @@ def folder_spec(path: str | Path) -> DatasetSpec:
     """An ImageFolder tree; shape and channels from its first image, the classes from its subfolders."""
     path = Path(path).expanduser()
     train = _folder_split(path, "train")
-    first = Image.open(_first_image(train))
-    mode = "L" if first.mode in ("L", "I;16", "1") else "RGB"
-    channels, (width, height) = (1 if mode == "L" else 3), first.size
+    with Image.open(_first_image(train)) as first:
+        mode = "L" if first.mode in ("L", "I;16", "1") else "RGB"
+        channels, (width, height) = (1 if mode == "L" else 3), first.size
 
     def read(root: Path, split: str, download: bool, transform: Callable) -> Dataset:
         folder = _folder_split(path, split)
@@ -185,7 +191,7 @@ def folder_spec(path: str | Path) -> DatasetSpec:
         resize = transforms.Resize((height, width))  # PIL returns same-size images untouched
         return datasets.ImageFolder(
             str(folder), transform=transforms.Compose([resize, transform]),
-            loader=lambda p: Image.open(p).convert(mode),
+            loader=lambda p: open_image(p, mode),
         )
 
     return DatasetSpec(

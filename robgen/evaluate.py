@@ -44,7 +44,7 @@ def collect_energies(
         x_adv = run_attack(spec, model, x, y, num_classes=model.num_classes, generator=generator, clean_logits=clean)
         with torch.no_grad():
             adv = clean if spec.method == "none" else model(x_adv)  # "none" leaves x as it is: no second forward
-        conditional, _ = energy.trades_kl_terms(clean, adv)
+        conditional, delta = energy.trades_kl_terms(clean, adv)
         rows = {
             "y": y,
             "pred_clean": clean.argmax(1),
@@ -54,7 +54,7 @@ def collect_energies(
             "Ey_clean": energy.joint_energy(clean, y),
             "Ey_adv": energy.joint_energy(adv, y),
             "kl_conditional": conditional,
-            "kl": energy.trades_kl(clean, adv),
+            "kl": conditional + delta,
         }
         for key, value in rows.items():
             out.setdefault(key, []).append(value.detach().float().cpu() if value.is_floating_point() else value.cpu())

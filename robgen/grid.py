@@ -68,7 +68,8 @@ def render_grid(
 
 
 def _read_image(path: Path) -> np.ndarray:
-    pixels = np.asarray(Image.open(path))
+    with Image.open(path) as img:
+        pixels = np.asarray(img)
     return pixels.reshape(*pixels.shape[:2], -1)  # grayscale PNGs read as (H, W): add the channel axis
 
 

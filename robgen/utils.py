@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
-import random
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import torch
+
+from .errors import RobgenError
 
 
 def resolve_device(device: str | None = None) -> torch.device:
@@ -18,14 +19,6 @@ def resolve_device(device: str | None = None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and torch; return a CPU generator for explicit draws."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
 def cache_dir(*parts: str) -> Path:
@@ -57,6 +50,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def read_json(path: str | os.PathLike):
+    """A JSON file robgen wrote; a damaged one is a one-line error, not a traceback."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RobgenError(f"{path} is damaged ({err}); remove it or choose another output folder") from None
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

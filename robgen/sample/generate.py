@@ -32,7 +32,7 @@ from tqdm import tqdm
 from .. import energy as energies
 from ..errors import RobgenError
 from ..models import Classifier
-from ..utils import atomic_path, atomic_write_text, resolve_device
+from ..utils import atomic_path, atomic_write_text, read_json, resolve_device
 from . import starts as st
 from .samplers import SAMPLERS, SamplerConfig, descend
 
@@ -107,7 +107,7 @@ def _prepare_out(out: Path, settings: dict, overwrite: bool) -> None:
     """Check OUT holds nothing or this same run (resume); with overwrite, clear a different run's files."""
     settings_path = out / "chunks" / "settings.json"
     if out.is_dir() and any(out.iterdir()):
-        old = json.loads(settings_path.read_text()) if settings_path.is_file() else None
+        old = read_json(settings_path) if settings_path.is_file() else None
         if old != settings:
             if not overwrite:
                 what = "files that are not a robgen sample run"

@@ -106,13 +106,16 @@ def load_fit(path: str | Path) -> StartFit:
         raise RobgenError(f"{path} is not a readable start fit ({err})") from None
     if header.get("format") != FORMAT:
         raise RobgenError(f"{path} is not a robgen start fit (format {header.get('format')!r}, expected {FORMAT})")
-    info = json.loads(header["info"])
-    k = tensors["mean"].shape[0]
-    return StartFit(
-        tuple(info.pop("input_shape")), tensors["mean"], [tensors[f"basis.{y}"].float() for y in range(k)],
-        [tensors[f"std.{y}"] for y in range(k)], tensors["variance"], tensors["energy"],
-        [tensors[f"images.{y}"] for y in range(k)] if "images.0" in tensors else [], info,
-    )
+    try:
+        info = json.loads(header["info"])
+        k = tensors["mean"].shape[0]
+        return StartFit(
+            tuple(info.pop("input_shape")), tensors["mean"], [tensors[f"basis.{y}"].float() for y in range(k)],
+            [tensors[f"std.{y}"] for y in range(k)], tensors["variance"], tensors["energy"],
+            [tensors[f"images.{y}"] for y in range(k)] if "images.0" in tensors else [], info,
+        )
+    except (KeyError, json.JSONDecodeError) as err:
+        raise RobgenError(f"{path} is an incomplete start fit (missing {err}); make it again with `robgen fit-start`") from None
 
 
 def shipped_fit_path(ckpt_path: str | Path) -> Path:

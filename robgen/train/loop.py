@@ -13,6 +13,7 @@ import datetime
 import json
 import math
 import os
+import pickle
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -34,7 +35,7 @@ from ..evaluate import collect_energies, summarize
 from ..models import Classifier, ModelMeta, build_classifier
 from ..models.checkpoint import save_classifier
 from ..registry import Registry
-from ..utils import atomic_path, atomic_write_text, resolve_device
+from ..utils import atomic_path, atomic_write_text, read_json, resolve_device
 from .losses import LOSSES, Loss, adversarial, batch_loss
 
 # The paper's recipe for CIFAR-10 (PAPER.md section 3). Every key is part of a run's identity: --resume refuses a
@@ -137,7 +138,7 @@ def _validate(c: dict) -> None:
 def read_config(out: str | Path) -> dict | None:
     """The recipe of the run in `out`, or None when there is none."""
     path = Path(out) / "config.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path) if path.is_file() else None
 
 
 def _check_same_recipe(saved: dict, config: dict, out: Path) -> None:
@@ -215,7 +216,11 @@ def _prepare_out(out: Path, config: dict, resume: bool, overwrite: bool, writer:
     if resume and (saved := read_config(out)) is not None:
         _check_same_recipe(saved, config, out)
         if (out / "state.pt").is_file():
-            return torch.load(out / "state.pt", map_location="cpu", weights_only=True)
+            try:
+                return torch.load(out / "state.pt", map_location="cpu", weights_only=True)
+            except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+                raise RobgenError(f"{out / 'state.pt'} is damaged ({str(err).splitlines()[0]}); "
+                                  "--overwrite to start again, or choose another --out") from None
     elif overwrite and writer:
         for name in present:
             (out / name).unlink()
