@@ -169,6 +169,9 @@ def test_an_output_folder_never_mixes_two_runs(ckpt, tmp_path):
     assert again["chunks_computed"] == 0 and (out / "samples.npz").read_bytes() == before
     replaced = sample(ckpt, out=out, overwrite=True, **{**FAST, "steps": 4})
     assert replaced["chunks_computed"] == 3 and (out / "samples.npz").read_bytes() != before
+    (out / "chunks" / "settings.json").write_text("{truncated")
+    with pytest.raises(RobgenError, match="settings.json is damaged"):
+        sample(ckpt, out=out, **FAST)
     shutil.rmtree(out / "chunks")
     with pytest.raises(RobgenError, match="not a robgen sample run"):
         sample(ckpt, out=out, **FAST)

@@ -181,6 +181,11 @@ def test_existing_run_is_never_overwritten_and_resume_checks_the_recipe(colours,
     other = cli(*base, "--resume", "--lr", "0.3")
     assert other.exit_code == 1 and "holds a run with lr=0.1, not 0.3" in other.output
     assert (tmp_path / "r" / "last.safetensors").read_bytes() == before
+    state = (tmp_path / "r" / "state.pt").read_bytes()
+    (tmp_path / "r" / "state.pt").write_bytes(state[: len(state) // 2])
+    damaged = cli(*base, "--resume")
+    assert damaged.exit_code == 1 and damaged.output.count("\n") == 1 and "state.pt is damaged" in damaged.output
+    (tmp_path / "r" / "state.pt").write_bytes(state)
 
     finished = cli("--out", out, "--resume")  # the saved recipe fills every option left out
     assert finished.exit_code == 0 and "nothing to do" in finished.output

@@ -218,7 +218,7 @@ def _prepare_out(out: Path, config: dict, resume: bool, overwrite: bool, writer:
         if (out / "state.pt").is_file():
             try:
                 return torch.load(out / "state.pt", map_location="cpu", weights_only=True)
-            except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+            except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
                 raise RobgenError(f"{out / 'state.pt'} is damaged ({str(err).splitlines()[0]}); "
                                   "--overwrite to start again, or choose another --out") from None
     elif overwrite and writer:
