@@ -115,6 +115,18 @@ class AttackSpec:
     def replace(self, **changes) -> "AttackSpec":
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
+    def settings(self) -> dict:
+        """The fields that this method reads (reports do not list a step size AutoAttack never uses)."""
+        if self.method == "none":
+            used = ("method",)
+        elif self.method == "autoattack":
+            used = ("method", "eps", "norm")
+        elif self.method in ("apgd-ce", "apgd-t"):
+            used = ("method", "eps", "norm", "steps")
+        else:
+            return vars(self)
+        return {k: getattr(self, k) for k in used}
+
 
 ATTACKS: Registry[AttackSpec] = Registry("attack")
 ATTACKS.register("none")(AttackSpec("none", steps=0))

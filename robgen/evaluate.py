@@ -87,6 +87,6 @@ def evaluate(
     start = time.perf_counter()
     spec = ATTACKS.get(attack) if isinstance(attack, str) else attack
     result = summarize(collect_energies(model, data, spec, **kwargs))
-    result["attack"] = {"name": attack if isinstance(attack, str) else spec.method, **vars(spec)}
+    result["attack"] = {"name": attack if isinstance(attack, str) else spec.method, **spec.settings()}
     result["seconds"] = round(time.perf_counter() - start, 2)
     return result

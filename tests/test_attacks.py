@@ -80,3 +80,9 @@ def test_bad_attack_inputs(model_and_batch):
         ATTACKS.get("pgd7")
     with pytest.raises(RobgenError, match=r"eps must be in \(0, 1\]"):
         run_attack(ATTACKS.get("pgd10").replace(eps=8.0), model, x, y, num_classes=10)
+
+
+def test_reports_list_only_the_settings_an_attack_reads():
+    assert ATTACKS.get("autoattack").settings() == {"method": "autoattack", "eps": 8 / 255, "norm": "linf"}
+    assert ATTACKS.get("apgd-ce").settings()["steps"] == 100 and "step_size" not in ATTACKS.get("apgd-ce").settings()
+    assert ATTACKS.get("pgd20").settings()["step_size"] == 2 / 255
