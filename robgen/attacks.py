@@ -119,9 +119,7 @@ class AttackSpec:
         """The fields that this method reads (reports do not list a step size AutoAttack never uses)."""
         if self.method == "none":
             used = ("method",)
-        elif self.method == "autoattack":
-            used = ("method", "eps", "norm")
-        elif self.method in ("apgd-ce", "apgd-t"):
+        elif self.method in TORCHATTACKS_METHODS:
             used = ("method", "eps", "norm", "steps")
         else:
             return vars(self)
@@ -140,7 +138,8 @@ ATTACKS.register("pgd-targeted")(AttackSpec("pgd", targeted=True))
 ATTACKS.register("trades")(AttackSpec("pgd", step_size=0.007, steps=10, objective="kl", start="normal"))
 ATTACKS.register("apgd-ce")(AttackSpec("apgd-ce", steps=100))
 ATTACKS.register("apgd-t")(AttackSpec("apgd-t", steps=100))
-ATTACKS.register("autoattack")(AttackSpec("autoattack"))
+# The reference AutoAttack's standard version: 100 iterations for APGD-CE, APGD-T and FAB-T, Square with 5000 queries.
+ATTACKS.register("autoattack")(AttackSpec("autoattack", steps=100))
 TORCHATTACKS_METHODS = ("apgd-ce", "apgd-t", "autoattack")
 
 
@@ -173,7 +172,15 @@ def _torchattacks(spec: AttackSpec, model: nn.Module, num_classes: int, seed: in
         return torchattacks.APGD(model, norm=norm, eps=spec.eps, steps=spec.steps, loss="ce", seed=seed)
     if spec.method == "apgd-t":
         return torchattacks.APGDT(model, norm=norm, eps=spec.eps, steps=spec.steps, n_classes=num_classes, seed=seed)
-    return torchattacks.AutoAttack(model, norm=norm, eps=spec.eps, version="standard", n_classes=num_classes, seed=seed)
+    # torchattacks.AutoAttack(version="standard") runs its parts with 10 iterations, not the reference's 100, so the
+    # same four attacks are chained here with the spec's steps; MultiAttack attacks only the points still robust.
+    return torchattacks.MultiAttack([
+        torchattacks.APGD(model, norm=norm, eps=spec.eps, steps=spec.steps, loss="ce", seed=seed),
+        torchattacks.APGDT(model, norm=norm, eps=spec.eps, steps=spec.steps, n_classes=num_classes, seed=seed),
+        torchattacks.FAB(model, norm=norm, eps=spec.eps, steps=spec.steps, multi_targeted=True, n_classes=num_classes,
+                         seed=seed),
+        torchattacks.Square(model, norm=norm, eps=spec.eps, n_queries=5000, seed=seed),
+    ])
 
 
 def run_attack(

@@ -83,6 +83,17 @@ def test_bad_attack_inputs(model_and_batch):
 
 
 def test_reports_list_only_the_settings_an_attack_reads():
-    assert ATTACKS.get("autoattack").settings() == {"method": "autoattack", "eps": 8 / 255, "norm": "linf"}
+    assert ATTACKS.get("autoattack").settings() == {"method": "autoattack", "eps": 8 / 255, "norm": "linf", "steps": 100}
     assert ATTACKS.get("apgd-ce").settings()["steps"] == 100 and "step_size" not in ATTACKS.get("apgd-ce").settings()
     assert ATTACKS.get("pgd20").settings()["step_size"] == 2 / 255
+
+
+def test_autoattack_chains_its_four_attacks_with_the_spec_steps(model_and_batch):
+    _, x, _ = model_and_batch
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)).eval()  # varied predictions
+    y = model(x).argmax(1)  # every point starts correctly classified
+    spec = ATTACKS.get("autoattack").replace(steps=3)
+    x_adv = run_attack(spec, model, x, y, num_classes=10, generator=torch.Generator().manual_seed(0))
+    assert (x_adv - x).abs().max() <= spec.eps + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    assert (model(x_adv).argmax(1) == y).float().mean() < 0.5
