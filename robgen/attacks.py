@@ -122,7 +122,7 @@ class AttackSpec:
         elif self.method in TORCHATTACKS_METHODS:
             used = ("method", "eps", "norm", "steps")
         else:
-            return vars(self)
+            return dataclasses.asdict(self)
         return {k: getattr(self, k) for k in used}
 
 
@@ -167,20 +167,15 @@ def _torchattacks(spec: AttackSpec, model: nn.Module, num_classes: int, seed: in
         raise RobgenError(reason)
     import torchattacks
 
-    norm = "Linf" if spec.norm == "linf" else "L2"
-    if spec.method == "apgd-ce":
-        return torchattacks.APGD(model, norm=norm, eps=spec.eps, steps=spec.steps, loss="ce", seed=seed)
-    if spec.method == "apgd-t":
-        return torchattacks.APGDT(model, norm=norm, eps=spec.eps, steps=spec.steps, n_classes=num_classes, seed=seed)
+    common = dict(norm="Linf" if spec.norm == "linf" else "L2", eps=spec.eps, seed=seed)
+    apgd_ce = torchattacks.APGD(model, steps=spec.steps, loss="ce", **common)
+    apgd_t = torchattacks.APGDT(model, steps=spec.steps, n_classes=num_classes, **common)
+    if spec.method != "autoattack":
+        return apgd_ce if spec.method == "apgd-ce" else apgd_t
     # torchattacks.AutoAttack(version="standard") runs its parts with 10 iterations, not the reference's 100, so the
     # same four attacks are chained here with the spec's steps; MultiAttack attacks only the points still robust.
-    return torchattacks.MultiAttack([
-        torchattacks.APGD(model, norm=norm, eps=spec.eps, steps=spec.steps, loss="ce", seed=seed),
-        torchattacks.APGDT(model, norm=norm, eps=spec.eps, steps=spec.steps, n_classes=num_classes, seed=seed),
-        torchattacks.FAB(model, norm=norm, eps=spec.eps, steps=spec.steps, multi_targeted=True, n_classes=num_classes,
-                         seed=seed),
-        torchattacks.Square(model, norm=norm, eps=spec.eps, n_queries=5000, seed=seed),
-    ])
+    fab_t = torchattacks.FAB(model, steps=spec.steps, multi_targeted=True, n_classes=num_classes, **common)
+    return torchattacks.MultiAttack([apgd_ce, apgd_t, fab_t, torchattacks.Square(model, n_queries=5000, **common)])
 
 
 def run_attack(

@@ -1,14 +1,13 @@
 """Paper figures of samples: one row per class, class names as row labels."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from .errors import RobgenError
-from .utils import atomic_path
+from .utils import atomic_path, read_json
 
 DEFAULTS = {"nrow": 8, "pad": 2, "labels": True}
 
@@ -75,7 +74,7 @@ def _read_image(path: Path) -> np.ndarray:
 
 def _class_names_of(folder: Path) -> list[str] | None:
     manifest = folder / "manifest.json"
-    return json.loads(manifest.read_text())["class_names"] if manifest.is_file() else None
+    return read_json(manifest)["class_names"] if manifest.is_file() else None
 
 
 def load_rows(source: str | Path, nrow: int = DEFAULTS["nrow"], classes: list[int] | None = None
