@@ -211,7 +211,14 @@ def attacks_csv(report: dict) -> str:
 # ---------------------------------------------------------------- phases
 
 METRICS_FILE = "metrics.jsonl"
-REQUIRED_METRICS = ("epoch", "train_dE", "test_robust_acc")
+REQUIRED_METRICS = ("epoch", "train_dE")
+# Per-epoch robust accuracy: on the validation split held out of the training set (runs since the fast recipe);
+# older runs measured it on a test subset.
+ROBUST_ACC_KEYS = ("val_robust_acc", "test_robust_acc")
+
+
+def epoch_robust_acc(record: dict) -> float | None:
+    return next((float(record[k]) for k in ROBUST_ACC_KEYS if record.get(k) is not None), None)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -237,6 +244,8 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
                 break
             raise RobgenError(f"{path} line {i} is not JSON ({err.msg}); is it a robgen training log?") from None
         missing = [k for k in REQUIRED_METRICS if not isinstance(record, dict) or record.get(k) is None]
+        if isinstance(record, dict) and epoch_robust_acc(record) is None:
+            missing.append(ROBUST_ACC_KEYS[0])
         if missing:
             raise RobgenError(f"{path} line {i} lacks {', '.join(missing)}; is it a robgen training log?")
         by_epoch[int(record["epoch"])] = record
@@ -315,7 +324,7 @@ def phases(run_dirs: Sequence[str | Path], **detector) -> dict:
         records = read_metrics(run_dir)
         epochs = [int(r["epoch"]) for r in records]
         dE = [float(r["train_dE"]) for r in records]
-        err = [100.0 - float(r["test_robust_acc"]) for r in records]
+        err = [100.0 - epoch_robust_acc(r) for r in records]
         runs.append({
             "run": str(run_dir), "loss": run_loss(run_dir, records), "epochs": epochs, "train_dE": dE,
             "robust_err": err, "phases": detect_phases(epochs, dE, err, **detector),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -64,6 +65,19 @@ def random_start(x: Tensor, eps: float, norm: str, kind: str | None, generator: 
     return (x + delta).clamp(0.0, 1.0)
 
 
+NORMS = ("linf", "l2")
+
+
+def check_radius(eps: float, norm: str, shape: tuple[int, ...]) -> None:
+    """A radius that makes sense for images in [0, 1] of this shape: Linf at most 1, L2 at most the diagonal."""
+    if norm not in NORMS:
+        raise RobgenError(f"unknown norm {norm!r}; use {' or '.join(NORMS)}")
+    limit = 1.0 if norm == "linf" else math.sqrt(math.prod(shape))
+    if not 0 < eps <= limit:
+        hint = "e.g. 8/255" if norm == "linf" else "e.g. 0.5"
+        raise RobgenError(f"{norm} eps must be in (0, {limit:.4g}] for images in [0, 1] of shape {tuple(shape)}, got {eps}; {hint}")
+
+
 def pgd(
     model: nn.Module,
     x: Tensor,
@@ -81,22 +95,29 @@ def pgd(
 ) -> Tensor:
     """Projected gradient ascent of `objective`; with targeted=True, `y` holds the targets and the objective
     (CE to the target) is descended. The clean logits the KL objective needs are computed once, not per step."""
-    if norm not in ("linf", "l2"):
-        raise RobgenError(f"unknown norm {norm!r}; use linf or l2")
+    if norm not in NORMS:
+        raise RobgenError(f"unknown norm {norm!r}; use {' or '.join(NORMS)}")
     objective_fn = OBJECTIVES.get(objective)
-    x = x.detach()
-    if objective == "kl" and clean_logits is None:
-        with torch.no_grad():
-            clean_logits = model(x)
-    sign = -1.0 if targeted else 1.0
-    x_adv = random_start(x, eps, norm, start, generator)
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        loss = sign * objective_fn(model(x_adv), y, clean_logits).sum()
-        (grad,) = torch.autograd.grad(loss, x_adv)
-        step = grad.sign() if norm == "linf" else grad / per_sample_norm(grad)
-        x_adv = project(x_adv.detach() + step_size * step, x, eps, norm)
+    x = x.detach().float()
+    # fp32 under any autocast: in bf16 the KL of the x + 0.001 N start is below the logits' resolution (its first
+    # step's sign is noise), and fp16 input gradients underflow without loss scaling.
+    with torch.autocast(x.device.type, enabled=False):
+        if objective == "kl":
+            clean_logits = _no_grad_logits(model, x) if clean_logits is None else clean_logits.float()
+        sign = -1.0 if targeted else 1.0
+        x_adv = random_start(x, eps, norm, start, generator)
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            loss = sign * objective_fn(model(x_adv).float(), y, clean_logits).sum()
+            (grad,) = torch.autograd.grad(loss, x_adv)
+            step = grad.sign() if norm == "linf" else grad / per_sample_norm(grad)
+            x_adv = project(x_adv.detach() + step_size * step, x, eps, norm)
     return x_adv.detach()
+
+
+def _no_grad_logits(model: nn.Module, x: Tensor) -> Tensor:
+    with torch.no_grad():
+        return model(x).float()
 
 
 @dataclass(frozen=True)
@@ -133,7 +154,11 @@ ATTACKS.register("fgsm")(AttackSpec("fgsm", step_size=1.25 * 8 / 255, steps=1))
 for _steps in (10, 20, 50, 100):
     ATTACKS.register(f"pgd{_steps}")(AttackSpec("pgd", steps=_steps))
 ATTACKS.register("pgd")(AttackSpec("pgd"))
-ATTACKS.register("pgd-l2")(AttackSpec("pgd", eps=0.5, step_size=0.1, norm="l2"))
+# L2 presets at RobustBench's CIFAR radius 0.5, step eps/4 like the Linf ones.
+ATTACKS.register("pgd-l2")(AttackSpec("pgd", eps=0.5, step_size=0.125, norm="l2"))
+for _steps in (10, 20, 50, 100):
+    ATTACKS.register(f"pgd{_steps}-l2")(AttackSpec("pgd", eps=0.5, step_size=0.125, steps=_steps, norm="l2"))
+ATTACKS.register("pgd-targeted-l2")(AttackSpec("pgd", eps=0.5, step_size=0.125, norm="l2", targeted=True))
 ATTACKS.register("pgd-targeted")(AttackSpec("pgd", targeted=True))
 ATTACKS.register("trades")(AttackSpec("pgd", step_size=0.007, steps=10, objective="kl", start="normal"))
 ATTACKS.register("apgd-ce")(AttackSpec("apgd-ce", steps=100))
@@ -190,8 +215,8 @@ def run_attack(
 ) -> Tensor:
     """Adversarial examples for (x, y) under a named or explicit attack."""
     spec = ATTACKS.get(spec) if isinstance(spec, str) else spec
-    if not 0 < spec.eps <= 1 and spec.method != "none":
-        raise RobgenError(f"eps must be in (0, 1] for images in [0, 1], got {spec.eps}")
+    if spec.method != "none":
+        check_radius(spec.eps, spec.norm, x.shape[1:])
     if spec.method == "none":
         return x.detach()
     if spec.method in TORCHATTACKS_METHODS:

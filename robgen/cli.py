@@ -534,18 +534,22 @@ def grid_cmd(source, out, nrow, classes, labels, pad, as_json):
 @main.command("train")
 @click.option("--data", default=None, help="dataset name or folder:PATH [recipe: cifar10]")
 @click.option("--arch", default=None, help="architecture, e.g. resnet18, preact-resnet18, cnn-small [recipe]")
-@click.option("--loss", default=None, help="sat, trades, weat-adv, weat-nat, mart [weat-adv]")
-@click.option("--recipe", default=None, help="paper (PAPER.md section 3) or cpu (cnn-small, 3 attack steps, 10k images) [paper]")
+@click.option("--loss", default=None, help="standard, sat, trades, weat-adv, weat-nat, mart [weat-adv]")
+@click.option("--recipe", default=None, help="paper (PAPER.md section 3), fast (airnet, 2 attack steps, 10 epochs on all "
+              "images) or cpu (cnn-small, 3 attack steps, 10k images) [paper]")
 @click.option("--epochs", type=int, default=None, help="[recipe]")
 @click.option("--batch-size", type=int, default=None, help="global batch size, split over DDP ranks [recipe]")
 @click.option("--lr", type=FLOAT, default=None, help="peak learning rate [recipe]")
 @click.option("--schedule", default=None, help="onecycle, cosine or step, stepped per batch [recipe]")
-@click.option("--eps", type=FLOAT, default=None, help="Linf radius of training and test attacks, e.g. 8/255 [recipe]")
-@click.option("--step-size", type=FLOAT, default=None, help="training attack step, e.g. 2/255 [recipe]")
+@click.option("--norm", type=click.Choice(["linf", "l2"]), default=None, help="threat model of the training and validation attacks [linf]")
+@click.option("--eps", type=FLOAT, default=None, help="attack radius [linf 8/255, l2 0.5]")
+@click.option("--step-size", type=FLOAT, default=None, help="training attack step [eps x the recipe's fraction: paper 1/4, fast and cpu 1/2]")
 @click.option("--attack-steps", type=int, default=None, help="training attack steps [recipe]")
 @click.option("--beta", type=FLOAT, default=None, help="weight of the KL term [recipe]")
-@click.option("--max-train", type=int, default=None, help="train on a seeded random subset of N images [recipe]")
-@click.option("--max-test", type=int, default=None, help="size of the fixed test subset for clean/PGD-20 accuracy [recipe]")
+@click.option("--max-train", type=int, default=None, help="train on the first N images outside the validation split [all]")
+@click.option("--val-n", type=int, default=None, help="validation images held out of the TRAINING set: per-epoch "
+              "clean/PGD-20 accuracy and the choice of best.safetensors [recipe: 1000]")
+@click.option("--select-from", type=int, default=None, help="best.safetensors: best validation PGD accuracy from this epoch on [recipe]")
 @click.option("--amp", type=click.Choice(["bf16", "fp16", "off"]), default=None, help="CUDA autocast [bf16]")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (CUDA only)")
 @click.option("--seed", type=int, default=None, help="random seed: the same seed gives the same run [recipe]")
@@ -556,8 +560,9 @@ def grid_cmd(source, out, nrow, classes, labels, pad, as_json):
 @click.option("--workers", type=int, default=EVAL_DEFAULTS["workers"], help="data loader processes")
 @device_option
 @json_option
-def train_cmd(data, arch, loss, recipe, epochs, batch_size, lr, schedule, eps, step_size, attack_steps, beta,
-              max_train, max_test, amp, compile_, seed, out, resume, overwrite, stop_after, workers, device, as_json):
+def train_cmd(data, arch, loss, recipe, epochs, batch_size, lr, schedule, norm, eps, step_size, attack_steps, beta,
+              max_train, val_n, select_from, amp, compile_, seed, out, resume, overwrite, stop_after, workers, device,
+              as_json):
     """Adversarial training with per-epoch energy telemetry (metrics.jsonl) and checkpoints in --out.
 
     Under torchrun the same command trains with DistributedDataParallel (NCCL on GPU, gloo on CPU).
@@ -567,8 +572,8 @@ def train_cmd(data, arch, loss, recipe, epochs, batch_size, lr, schedule, eps, s
     base = read_config(out) if resume else None
     config = make_config(
         recipe, base, data=data, arch=arch, loss=loss, epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule,
-        eps=eps, step_size=step_size, attack_steps=attack_steps, beta=beta, max_train=max_train, max_test=max_test,
-        amp=amp, seed=seed,
+        norm=norm, eps=eps, step_size=step_size, attack_steps=attack_steps, beta=beta, max_train=max_train,
+        val_n=val_n, select_from=select_from, amp=amp, seed=seed,
     )
     r = train(
         config, out, resume=resume, overwrite=overwrite, device=device, workers=workers, compile=compile_,
@@ -579,9 +584,9 @@ def train_cmd(data, arch, loss, recipe, epochs, batch_size, lr, schedule, eps, s
     last, best = r["last"], r["best"]
     emit(r, as_json, [
         f"trained {config['loss']} to epoch {r['epochs_done']}/{r['epochs']} in {out}: "
-        f"clean {last['test_clean_acc']:.2f}%, PGD-{config['test_attack_steps']} "
-        f"{last['test_robust_acc']:.2f}%; best epoch {best['epoch']} "
-        f"({best['test_robust_acc']:.2f}%)",
+        f"validation clean {last['val_clean_acc']:.2f}%, PGD-{config['val_attack_steps']} "
+        f"{last['val_robust_acc']:.2f}%; best epoch {best['epoch']} "
+        f"({best['val_robust_acc']:.2f}%)",
         f"wrote {r['checkpoints']['last']}, {r['checkpoints']['best']}, {out}/metrics.jsonl, {out}/state.pt",
     ])
 

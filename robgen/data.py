@@ -241,6 +241,38 @@ def load_split(
     return data, spec
 
 
+def train_val_split(
+    name: str,
+    val_n: int,
+    *,
+    seed: int = 0,
+    max_train: int | None = None,
+    root: str | Path | None = None,
+    download: bool = False,
+) -> tuple[Subset, Subset, DatasetSpec]:
+    """(augmented training subset, plain validation subset, spec) carved from the TRAINING split.
+
+    A seeded permutation of the training images: its first `val_n` are the validation images (never trained on, and
+    disjoint from the test split by construction), the rest (capped to the first `max_train`) are the training set.
+    """
+    if val_n < 1:
+        raise RobgenError(f"the validation split needs at least 1 image, got {val_n}")
+    train, spec = load_split(name, "train", root=root, download=download, augment=True)
+    plain, _ = load_split(name, "train", root=root, download=download)
+    if val_n >= len(train):
+        raise RobgenError(
+            f"a validation split of {val_n} images leaves nothing to train on ({len(train)} training images); "
+            "lower --val-n"
+        )
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
+    rest = order[val_n:]
+    if max_train is not None:
+        if max_train < 1:
+            raise RobgenError(f"max-train must be at least 1, got {max_train}")
+        rest = rest[:max_train]
+    return Subset(train, rest), Subset(plain, order[:val_n]), spec
+
+
 def labels_of(data: Dataset) -> torch.Tensor:
     """All labels of a dataset without decoding images, where the dataset records them."""
     if isinstance(data, Subset):

@@ -166,6 +166,39 @@ class SmallCNN(nn.Module):
         return self.linear(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
 
 
+class AirBlock(nn.Module):
+    """conv -> 2x2 max-pool -> BN -> GELU, then a residual conv-BN-GELU at the pooled size (airbench's block plus a
+    skip connection). GELU rather than ReLU: smooth activations give better input gradients for adversarial
+    training (Xie et al. 2020) and for sampling."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+
+    def forward(self, x):
+        x = F.gelu(self.bn1(F.max_pool2d(self.conv1(x), 2)))
+        return x + F.gelu(self.bn2(self.conv2(x)))
+
+
+class AirNet(nn.Module):
+    """The airbench94 layout (Keller Jordan, 2024) without its data-dependent whitening stem: a 3x3 conv stem, three
+    pooled blocks, a final max-pool and a linear head. All convolutions run at 32, 16, 8 and 4 pixels, which keeps
+    it close to a small CNN's speed at several times its capacity."""
+
+    def __init__(self, widths: tuple[int, int, int, int], num_classes: int, in_channels: int = 3):
+        super().__init__()
+        self.stem = conv_bn(in_channels, widths[0])
+        self.blocks = nn.Sequential(*[AirBlock(cin, cout) for cin, cout in zip(widths, widths[1:])])
+        self.linear = nn.Linear(widths[-1], num_classes)
+
+    def forward(self, x):
+        out = self.blocks(self.stem(x))
+        return self.linear(F.adaptive_max_pool2d(out, 1).flatten(1))
+
+
 @ARCHS.register("preact-resnet18")
 def preact_resnet18(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     return PreActResNet([2, 2, 2, 2], num_classes, in_channels)
@@ -201,6 +234,12 @@ def wrn_70_16(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
 def cnn_small(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     """About 0.5M parameters and 50M multiply-adds at 32x32: the CPU workhorse."""
     return SmallCNN([[32, 64], [128], [128], [256]], num_classes, in_channels)
+
+
+@ARCHS.register("airnet")
+def airnet(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """2.0M parameters, airbench94's widths (32 stem, 64, 256, 256): the fast recipe's CPU/GPU net."""
+    return AirNet((32, 64, 256, 256), num_classes, in_channels)
 
 
 @ARCHS.register("cnn-tiny")

@@ -23,8 +23,8 @@ LossFn = Callable[[Tensor | None, Tensor, Tensor, float], tuple[Tensor, Tensor |
 @dataclass(frozen=True)
 class Loss:
     name: str
-    objective: str  # what the inner attack ascends (attacks.OBJECTIVES)
-    start: str  # the inner attack's random start
+    objective: str | None  # what the inner attack ascends (attacks.OBJECTIVES); None: no inner attack
+    start: str | None  # the inner attack's random start
     uses_clean: bool  # whether the outer loss needs the train-mode logits of x
     fn: LossFn
 
@@ -32,12 +32,18 @@ class Loss:
 LOSSES: Registry[Loss] = Registry("loss")
 
 
-def register_loss(name: str, *, objective: str, start: str, uses_clean: bool = True) -> Callable[[LossFn], LossFn]:
+def register_loss(name: str, *, objective: str | None, start: str | None, uses_clean: bool = True) -> Callable[[LossFn], LossFn]:
     def add(fn: LossFn) -> LossFn:
         LOSSES.register(name)(Loss(name, objective, start, uses_clean, fn))
         return fn
 
     return add
+
+
+@register_loss("standard", objective=None, start=None)
+def standard(clean: Tensor, adv: Tensor, y: Tensor, beta: float):
+    """Standard (non-robust) training: CE(f(x), y), no inner attack (x* = x)."""
+    return energy.cross_entropy(clean, y), None
 
 
 @register_loss("sat", objective="ce", start="uniform", uses_clean=False)
@@ -84,18 +90,22 @@ def adversarial(
     eps: float,
     step_size: float,
     steps: int,
+    norm: str = "linf",
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """The inner attack of `loss` with the model in eval mode: returns (x*, eval-mode clean logits).
+    """The inner attack of `loss` with the model in eval mode: returns (x*, eval-mode clean logits); x* is x itself
+    for a loss without an attack.
 
-    The clean logits are computed once per batch and handed to every attack step (the KL objective needs them).
+    The clean logits are computed once per batch (in fp32, like the whole attack) and handed to every attack step.
     """
     model.eval()
-    with torch.no_grad():
-        clean = model(x)
+    with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+        clean = model(x.float())
+    if loss.objective is None:
+        return x, clean
     x_adv = pgd(
-        model, x, y, eps=eps, step_size=step_size, steps=steps, objective=loss.objective, start=loss.start,
-        clean_logits=clean, generator=generator,
+        model, x, y, eps=eps, step_size=step_size, steps=steps, norm=norm, objective=loss.objective,
+        start=loss.start, clean_logits=clean, generator=generator,
     )
     return x_adv, clean
 
@@ -103,8 +113,12 @@ def adversarial(
 def batch_loss(loss: Loss, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, beta: float) -> tuple[Tensor, Tensor | None]:
     """The outer loss with the model in train mode: (scalar (1/B) sum_i w_i l_i, weights or None)."""
     model.train()
-    clean = model(x) if loss.uses_clean else None
-    per_sample, weights = loss.fn(clean, model(x_adv), y, beta)
+    if loss.objective is None:  # no attack: x* is x, one forward
+        clean = adv = model(x)
+    else:
+        clean = model(x) if loss.uses_clean else None
+        adv = model(x_adv)
+    per_sample, weights = loss.fn(clean, adv, y, beta)
     if weights is not None:
         per_sample = weights * per_sample
     return per_sample.float().sum() / x.shape[0], weights
