@@ -541,7 +541,7 @@ def grid_cmd(source, out, nrow, classes, labels, pad, as_json):
 @click.option("--batch-size", type=int, default=None, help="global batch size, split over DDP ranks [recipe]")
 @click.option("--lr", type=FLOAT, default=None, help="peak learning rate [recipe]")
 @click.option("--schedule", default=None, help="onecycle, cosine or step, stepped per batch [recipe]")
-@click.option("--norm", type=click.Choice(["linf", "l2"]), default=None, help="threat model of the training and validation attacks [linf]")
+@click.option("--norm", default=None, help="threat model of the training and validation attacks: linf or l2 [linf]")
 @click.option("--eps", type=FLOAT, default=None, help="attack radius [linf 8/255, l2 0.5]")
 @click.option("--step-size", type=FLOAT, default=None, help="training attack step [eps x the recipe's fraction: paper 1/4, fast and cpu 1/2]")
 @click.option("--attack-steps", type=int, default=None, help="training attack steps [recipe]")

@@ -78,7 +78,7 @@ def test_bad_attack_inputs(model_and_batch):
     model, x, y = model_and_batch
     with pytest.raises(RobgenError, match="unknown attack 'pgd7'; known:.*pgd20"):
         ATTACKS.get("pgd7")
-    with pytest.raises(RobgenError, match=r"eps must be in \(0, 1\]"):
+    with pytest.raises(RobgenError, match=r"linf eps must be in \(0, 1\]"):
         run_attack(ATTACKS.get("pgd10").replace(eps=8.0), model, x, y, num_classes=10)
 
 

@@ -34,7 +34,7 @@ def colours(tmp_path_factory) -> str:
 
 
 def tiny(data: str, **overrides) -> dict:
-    base = {"data": data, "arch": "cnn-tiny", "epochs": 2, "batch_size": 8, "max_test": 20, "lr": 0.05}
+    base = {"data": data, "arch": "cnn-tiny", "epochs": 2, "batch_size": 8, "val_n": 8, "lr": 0.05}
     return make_config(**{**base, **overrides})
 
 
@@ -99,13 +99,13 @@ def test_training_improves_accuracy_and_writes_the_telemetry_contract(colours, t
     assert all(set(METRIC_KEYS) <= set(m) for m in lines)
     assert lines[0]["weight_mean"] is not None and lines[0]["weight_min"] <= lines[0]["weight_max"]
     assert lines[-1]["train_loss"] < lines[0]["train_loss"]
-    assert lines[0]["test_clean_acc"] < lines[-1]["test_clean_acc"] >= 90.0  # chance is 25% on four classes
-    assert result["last"]["test_clean_acc"] == lines[-1]["test_clean_acc"]
+    assert lines[0]["val_clean_acc"] < lines[-1]["val_clean_acc"] >= 90.0  # chance is 25% on four classes
+    assert result["last"]["val_clean_acc"] == lines[-1]["val_clean_acc"]
     from robgen.models.checkpoint import load_classifier
 
     model = load_classifier(out / "best.safetensors")
     assert model.meta.recipe["loss"] == "weat-adv" and model.meta.class_names == sorted(COLOURS)
-    assert model.meta.metrics["test_robust_acc"] == max(m["test_robust_acc"] for m in lines)
+    assert model.meta.metrics["val_robust_acc"] == max(m["val_robust_acc"] for m in lines)
     state = torch.load(out / "state.pt", weights_only=True)
     assert state["epoch"] == 4 and {"optimizer", "scheduler", "scaler"} <= set(state)
 
@@ -138,7 +138,7 @@ def test_ddp_two_processes_with_gloo_write_one_run(colours, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "robgen.cli",
-        "train", "--data", colours, "--arch", "cnn-tiny", "--epochs", "1", "--batch-size", "8", "--max-test", "8",
+        "train", "--data", colours, "--arch", "cnn-tiny", "--epochs", "1", "--batch-size", "8", "--val-n", "8",
         "--workers", "0", "--device", "cpu", "--out", str(out), "--json",
     ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
@@ -146,7 +146,7 @@ def test_ddp_two_processes_with_gloo_write_one_run(colours, tmp_path):
     result = json.loads(done.stdout)  # one JSON document: only rank 0 reports
     assert result["epochs_done"] == 1
     lines = (out / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 1 and json.loads(lines[0])["train_images"] == 40  # both ranks' halves counted
+    assert len(lines) == 1 and json.loads(lines[0])["train_images"] == 32  # both ranks' halves counted
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["config.json", "metrics.jsonl", "state.pt", "last.safetensors", "best.safetensors"]
     )
@@ -157,14 +157,18 @@ def cli(*args: str):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--loss", "fancy"], "unknown loss 'fancy'; known: mart, sat, trades, weat-adv, weat-nat"),
-    (["--eps", "0"], "eps must be in (0, 1]"),
-    (["--eps", "2"], "eps must be in (0, 1]"),
-    (["--step-size", "1.5"], "step-size must be in (0, 1]"),
-    (["--batch-size", "64"], "batch size 64 is larger than the training set (40 images)"),
+    (["--loss", "fancy"], "unknown loss 'fancy'; known: mart, sat, standard, trades, weat-adv, weat-nat"),
+    (["--eps", "0"], "linf eps must be in (0, 1]"),
+    (["--eps", "2"], "linf eps must be in (0, 1]"),
+    (["--norm", "l2", "--eps", "300"], "l2 eps must be in (0, 27.71] for images in [0, 1] of shape (3, 16, 16)"),
+    (["--norm", "l1"], "unknown norm 'l1'; use linf or l2"),
+    (["--step-size", "1.5"], "step-size must be in (0, 2.5 eps]"),
+    (["--val-n", "40"], "a validation split of 40 images leaves nothing to train on (40 training images)"),
+    (["--val-n", "0"], "val-n must be at least 1"),
+    (["--batch-size", "64"], "batch size 64 is larger than the training set (32 images)"),
 ])
 def test_bad_options_give_one_line_errors(colours, tmp_path, args, message):
-    result = cli("--data", colours, "--arch", "cnn-tiny", "--out", str(tmp_path / "r"), *args)
+    result = cli("--data", colours, "--arch", "cnn-tiny", "--val-n", "8", "--out", str(tmp_path / "r"), *args)
     assert result.exit_code == 1
     assert message in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "r" / "state.pt").exists()
@@ -172,7 +176,7 @@ def test_bad_options_give_one_line_errors(colours, tmp_path, args, message):
 
 def test_existing_run_is_never_overwritten_and_resume_checks_the_recipe(colours, tmp_path):
     out = str(tmp_path / "r")
-    base = ["--data", colours, "--arch", "cnn-tiny", "--epochs", "1", "--batch-size", "8", "--max-test", "8", "--out", out]
+    base = ["--data", colours, "--arch", "cnn-tiny", "--epochs", "1", "--batch-size", "8", "--val-n", "8", "--out", out]
     assert cli(*base).exit_code == 0
     before = (tmp_path / "r" / "last.safetensors").read_bytes()
 

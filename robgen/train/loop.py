@@ -93,7 +93,9 @@ SCHEDULES: Registry[Callable[[torch.optim.Optimizer, dict, int], Any]] = Registr
 
 @SCHEDULES.register("onecycle")
 def onecycle(optimizer: torch.optim.Optimizer, config: dict, total_steps: int):
-    return torch.optim.lr_scheduler.OneCycleLR(optimizer, config["lr"], total_steps=total_steps, pct_start=config["pct_start"])
+    # torch divides by zero when the warm-up is exactly one step (pct_start x total_steps = 1): give it two.
+    pct_start = max(config["pct_start"], min(1.5 / total_steps, 0.75))
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, config["lr"], total_steps=total_steps, pct_start=pct_start)
 
 
 @SCHEDULES.register("cosine")
