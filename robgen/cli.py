@@ -432,7 +432,7 @@ from .sample.generate import DEFAULTS as SAMPLE  # noqa: E402
 @click.option("--track", is_flag=True, help="record mean E(x,y) per step and class; plot energy_track.png")
 @click.option("--start-stats", default=None, type=click.Path(dir_okay=False), help="start fit from `robgen fit-start`")
 @click.option("--data", default=None, help="training data to fit the start on (default: the checkpoint's dataset)")
-@click.option("--fit-images", default=SAMPLE["fit_images"], type=int, help="images per class used to fit the start")
+@click.option("--fit-images", default=SAMPLE["fit_images"], type=int, help="images per class used to fit the start [every image of the class]")
 @data_root_option
 @download_option
 @device_option
@@ -473,7 +473,7 @@ def sample_cmd(ckpt, class_, classes, n, init, sampler, energy, steps, step_size
 @click.option("--init", default="pca", help="what the file must serve: pca (truncated, small), gaussian/mix (full), "
               "data (full + images)")
 @click.option("--retained", type=FLOAT, default=SAMPLE["retained"], help="pca: share of class variance kept")
-@click.option("--fit-images", default=SAMPLE["fit_images"], type=int, help="images per class")
+@click.option("--fit-images", default=SAMPLE["fit_images"], type=int, help="images per class [every image of the class]")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
               help="file to write; ship it beside the checkpoint as <ckpt stem>.starts.safetensors")
 @click.option("--overwrite", is_flag=True, help="replace an existing --out file")
@@ -506,7 +506,7 @@ def fit_start_cmd(ckpt, data, init, retained, fit_images, out, overwrite, data_r
     r = {"out": str(out), "init": init, "data": data, "classes": fit.num_classes, "components": sizes,
          "bytes": Path(out).stat().st_size}
     emit(r, as_json, [
-        f"fitted {init} starts on {data} ({fit_images} images per class, {fit.num_classes} classes), "
+        f"fitted {init} starts on {data} ({'every image' if fit_images is None else fit_images} per class, {fit.num_classes} classes), "
         f"{min(sizes)}-{max(sizes)} components per class -> {out} ({r['bytes'] / 2**20:.1f} MiB)",
     ])
 

@@ -221,7 +221,7 @@ def sample(
     retained: float = DEFAULTS["retained"],
     sigma_pca: float = DEFAULTS["sigma_pca"],
     data_noise: float = DEFAULTS["data_noise"],
-    fit_images: int = DEFAULTS["fit_images"],
+    fit_images: int | None = DEFAULTS["fit_images"],
     early_stop: bool = DEFAULTS["early_stop"],
     batch_size: int = DEFAULTS["batch_size"],
     seed: int = DEFAULTS["seed"],

@@ -4,11 +4,11 @@ A `StartFit` holds, per class y: the mean mu_y, an orthonormal basis U_y (rows) 
 per-component standard deviations std_y (so Sigma_y = U_y^T diag(std_y^2) U_y exactly, of rank min(n-1, D)), a few
 real images (for the `data` start) and the class's mean training energy E(x, y) (for early stopping).
 
-PCA scaling convention: the paper draws x_0 = mu_y + sum_i s_i a_i U_i, a_i ~ N(0, sigma_pca^2), with s_i the
-singular values of the centred class matrix. Those grow with sqrt(n), so robgen fixes n to N_REF = 5000 (a full
-CIFAR-10 class, what the paper fits on): s_i = sqrt(N_REF) * std_i, whatever number of images the fit used. With
-sigma_pca = 0.005 the start is mu_y plus 0.35 times a draw from the class's PCA Gaussian: a blurred, noisy class image
-(per-pixel deviation about 0.08 on CIFAR-10).
+PCA scaling, as the paper: x_0 = mu_y + sum_i s_i a_i U_i, a_i ~ N(0, sigma_pca^2), with s_i the singular values of
+the centred matrix of the class's n_y images, s_i = sqrt(n_y - 1) std_i. Fits use every training image of the class
+by default (5,000 per CIFAR-10 class: with sigma_pca = 0.005 the start is mu_y plus 0.35 times a draw from the class's
+PCA Gaussian, a blurred, noisy class image); a class of 500 images (CIFAR-100, Tiny-ImageNet) gets its own, smaller
+spread. Fits of format robgen-starts/1 (no per-class counts) were scaled as n_y = LEGACY_N = 5000 and still are.
 
 Fits are cached under utils.cache_dir("starts") keyed by a hash of what produced them, and can be exported to a
 safetensors file shipped beside a checkpoint (`<checkpoint stem>.starts.safetensors`).
@@ -34,11 +34,13 @@ from ..errors import RobgenError
 from ..registry import Registry
 from ..utils import atomic_path, cache_dir
 
-FORMAT = "robgen-starts/1"
+FORMAT = "robgen-starts/2"  # /2 adds the per-class image counts
+READABLE_FORMATS = ("robgen-starts/1", FORMAT)
 SUFFIX = ".starts.safetensors"
-N_REF = 5000  # the class size the PCA singular values are expressed for (see the module docstring)
+LEGACY_N = 5000  # the class size robgen-starts/1 fits scaled their PCA singular values to
 GAUSSIAN_JITTER = 1e-4  # Sigma_y + 1e-4 I (PAPER.md)
-DEFAULTS = {"per_class": 1000, "split": "train", "retained": 0.95, "sigma_pca": 0.005, "data_noise": 0.2,
+# per_class None: every training image of the class (the paper's fit).
+DEFAULTS = {"per_class": None, "split": "train", "retained": 0.95, "sigma_pca": 0.005, "data_noise": 0.2,
             "images_kept": 100, "seed": 0}
 
 
@@ -52,12 +54,17 @@ class StartFit:
     std: list[Tensor]  # per class (r_y,), standard deviation along each component
     variance: Tensor  # (K,) total variance of each class (so a truncated fit still knows its retained share)
     energy: Tensor  # (K,) mean E(x, y) of the class's training images under the fitting model; NaN if unknown
+    count: Tensor  # (K,) images each class was fitted on (LEGACY_N for robgen-starts/1 fits)
     images: list[Tensor] = field(default_factory=list)  # per class (m_y, D) uint8, for the `data` start
     info: dict = field(default_factory=dict)  # dataset, split, per_class, seed, retained, checkpoint_sha256, ...
 
     @property
     def num_classes(self) -> int:
         return self.mean.shape[0]
+
+    def singular_values(self, y: int, k: int) -> Tensor:
+        """The leading k singular values of class y's centred image matrix, sqrt(n_y - 1) std_i."""
+        return math.sqrt(float(self.count[y]) - 1) * self.std[y][:k]
 
     def components(self, y: int, retained: float) -> int:
         """How many leading components keep `retained` of class y's variance."""
@@ -75,13 +82,14 @@ class StartFit:
         ks = [self.components(y, retained) for y in range(self.num_classes)]
         return StartFit(
             self.input_shape, self.mean, [b[:k] for b, k in zip(self.basis, ks)], [s[:k] for s, k in zip(self.std, ks)],
-            self.variance, self.energy, [], {**self.info, "retained": retained},
+            self.variance, self.energy, self.count, [], {**self.info, "retained": retained},
         )
 
 
 def save_fit(fit: StartFit, path: str | Path) -> Path:
     """Write a fit as safetensors (basis in float16: unit vectors lose nothing visible), atomically."""
-    tensors = {"mean": fit.mean.float().contiguous(), "variance": fit.variance.float(), "energy": fit.energy.float()}
+    tensors = {"mean": fit.mean.float().contiguous(), "variance": fit.variance.float(), "energy": fit.energy.float(),
+               "count": fit.count.float()}
     for y in range(fit.num_classes):
         tensors[f"basis.{y}"] = fit.basis[y].half().contiguous()
         tensors[f"std.{y}"] = fit.std[y].float().contiguous()
@@ -104,14 +112,16 @@ def load_fit(path: str | Path) -> StartFit:
             tensors = {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError, ValueError) as err:
         raise RobgenError(f"{path} is not a readable start fit ({err})") from None
-    if header.get("format") != FORMAT:
+    if header.get("format") not in READABLE_FORMATS:
         raise RobgenError(f"{path} is not a robgen start fit (format {header.get('format')!r}, expected {FORMAT})")
     try:
         info = json.loads(header["info"])
         k = tensors["mean"].shape[0]
+        legacy = header["format"] == READABLE_FORMATS[0]
+        count = torch.full((k,), float(LEGACY_N)) if legacy else tensors["count"]
         return StartFit(
             tuple(info.pop("input_shape")), tensors["mean"], [tensors[f"basis.{y}"].float() for y in range(k)],
-            [tensors[f"std.{y}"] for y in range(k)], tensors["variance"], tensors["energy"],
+            [tensors[f"std.{y}"] for y in range(k)], tensors["variance"], tensors["energy"], count,
             [tensors[f"images.{y}"] for y in range(k)] if "images.0" in tensors else [], info,
         )
     except (KeyError, json.JSONDecodeError) as err:
@@ -124,7 +134,7 @@ def shipped_fit_path(ckpt_path: str | Path) -> Path:
     return ckpt_path.with_name(ckpt_path.name.removesuffix(ckpt_path.suffix) + SUFFIX)
 
 
-def fit_key(dataset: str, split: str, per_class: int, seed: int, input_shape, checkpoint_sha256: str | None) -> str:
+def fit_key(dataset: str, split: str, per_class: int | None, seed: int, input_shape, checkpoint_sha256: str | None) -> str:
     """Hash of everything that determines a fit; names its cache file."""
     text = json.dumps([dataset, split, per_class, seed, list(input_shape), checkpoint_sha256, FORMAT])
     return hashlib.sha256(text.encode()).hexdigest()[:20]
@@ -134,8 +144,8 @@ def cached_fit_path(key: str) -> Path:
     return cache_dir("starts") / f"{key}{SUFFIX}"
 
 
-def _class_images(dataset, labels: Tensor, y: int, per_class: int, seed: int) -> Tensor:
-    """Up to per_class images of class y (a seeded random choice), flattened, float32 in [0, 1]."""
+def _class_images(dataset, labels: Tensor, y: int, per_class: int | None, seed: int) -> Tensor:
+    """Up to per_class images of class y (a seeded random choice; None: all), flattened, float32 in [0, 1]."""
     indices = torch.nonzero(labels == y).flatten()
     order = torch.randperm(len(indices), generator=torch.Generator().manual_seed(seed * 1000 + y))
     chosen = indices[order[:per_class]].tolist()
@@ -162,7 +172,7 @@ def fit_starts(
     *,
     model: torch.nn.Module | None = None,
     checkpoint_sha256: str | None = None,
-    per_class: int = DEFAULTS["per_class"],
+    per_class: int | None = DEFAULTS["per_class"],
     split: str = DEFAULTS["split"],
     seed: int = DEFAULTS["seed"],
     root: str | Path | None = None,
@@ -173,11 +183,11 @@ def fit_starts(
     from .. import energy
     from ..data import labels_of, load_split
 
-    if per_class < 2:
+    if per_class is not None and per_class < 2:
         raise RobgenError(f"fitting a start needs at least 2 images per class, got --fit-images {per_class}")
     data, spec = load_split(dataset_name, split, root=root, download=download)
     labels = labels_of(data)
-    means, bases, stds, variances, energies, kept = [], [], [], [], [], []
+    means, bases, stds, variances, energies, kept, counts = [], [], [], [], [], [], []
     for y in tqdm(range(spec.num_classes), desc="fit starts", unit="class", disable=not progress, leave=False):
         x = _class_images(data, labels, y, per_class, seed)
         if len(x) < 2:
@@ -190,6 +200,7 @@ def fit_starts(
         stds.append(std)
         variances.append(centred.pow(2).sum() / (len(x) - 1))
         kept.append((x[: DEFAULTS["images_kept"]] * 255).round().to(torch.uint8))
+        counts.append(float(len(x)))
         if model is not None:
             device = next(model.parameters()).device
             with torch.no_grad():
@@ -201,7 +212,7 @@ def fit_starts(
     info = {"dataset": dataset_name, "split": split, "per_class": per_class, "seed": seed, "retained": None,
             "checkpoint_sha256": checkpoint_sha256, "class_names": list(spec.class_names or [])}
     return StartFit(tuple(spec.input_shape), torch.stack(means), bases, stds, torch.stack(variances),
-                    torch.stack(energies), kept, info)
+                    torch.stack(energies), torch.tensor(counts), kept, info)
 
 
 # ---- the starts: each maps (fit, labels, generator, options) to images (N, C, H, W) in [0, 1] on the CPU ----
@@ -241,7 +252,7 @@ def pca_start(fit, y, shape, generator, opts):
     """mu_y + sum_i s_i a_i U_i, a_i ~ N(0, sigma_pca^2), over the components keeping `retained` variance."""
     def draw(c: int, m: int) -> Tensor:
         k = fit.components(c, opts["retained"])
-        singular = math.sqrt(N_REF) * fit.std[c][:k]
+        singular = fit.singular_values(c, k)
         a = opts["sigma_pca"] * torch.randn((m, k), generator=generator)
         return fit.mean[c] + (a * singular) @ fit.basis[c][:k]
 
@@ -308,7 +319,7 @@ def resolve_fit(
     data: str | None = None,
     root: str | Path | None = None,
     download: bool = False,
-    per_class: int = DEFAULTS["per_class"],
+    per_class: int | None = DEFAULTS["per_class"],
     early_stop: bool = False,
     progress: bool = True,
 ) -> tuple[StartFit | None, str]:
@@ -341,7 +352,8 @@ def resolve_fit(
                           "or pass --start-stats FILE from `robgen fit-start`") from None
     save_fit(_checked(fit, model, dataset), cached)
     # Use the fit as stored (float16 basis), so this run and every later one from the cache draw the same starts.
-    return load_fit(cached), f"fitted on {dataset} ({per_class} images per class), cached at {cached}"
+    images = "every image" if per_class is None else f"{per_class} images"
+    return load_fit(cached), f"fitted on {dataset} ({images} per class), cached at {cached}"
 
 
 def _checked(fit: StartFit, model: torch.nn.Module, source: str) -> StartFit:
