@@ -79,7 +79,7 @@ def phase_figure(result: dict) -> Figure:
                     ax.axvline(run["phases"][key], color=color, ls=style, lw=1.2)
     ax_de.axhline(0, color="gray", lw=0.8)
     ax_de.set(xlabel="epoch", ylabel="train dE(x) = E(x) - E(x*)  (logit units)", title="Energy gap on training data")
-    ax_err.set(xlabel="epoch", ylabel="PGD test error (%)", title="Robust test error (100 - robust accuracy)")
+    ax_err.set(xlabel="epoch", ylabel="PGD error (%), held-out images", title="Robust error on held-out images (100 - robust accuracy)")
     for ax in (ax_de, ax_err):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     markers = [Line2D([], [], color="gray", ls="--", label="phase 2 starts"),

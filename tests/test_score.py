@@ -139,6 +139,33 @@ def test_reference_features_are_cached_and_shared(tmp_path, sets):
     assert from_file["kid"] == pytest.approx(from_folder["kid"], rel=1e-6)
 
 
+def test_a_killed_reference_extraction_resumes_from_its_finished_blocks(tmp_path, monkeypatch):
+    real = images(900, 3)  # batch 8: blocks of 320 images, three blocks
+    ref = "folder:" + str(write_tree(tmp_path / "big", real, np.arange(900) % 3))
+    whole = metrics.write_stats(tmp_path / "whole.npz", **tiny(ref=ref))
+    for path in (tmp_path / "cache").rglob("*.npz"):
+        path.unlink()  # forget the cached reference: extract again, and die in the third block
+    done = metrics.extract
+    calls = []
+
+    def dying(imgs, *args, **kwargs):
+        calls.append(len(imgs))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return done(imgs, *args, **kwargs)
+
+    monkeypatch.setattr(metrics, "extract", dying)
+    with pytest.raises(KeyboardInterrupt):
+        metrics.write_stats(tmp_path / "again.npz", **tiny(ref=ref))
+    calls.clear()
+    monkeypatch.setattr(metrics, "extract", lambda imgs, *a, **k: calls.append(len(imgs)) or done(imgs, *a, **k))
+    metrics.write_stats(tmp_path / "again.npz", **tiny(ref=ref))
+    assert calls == [260]  # only the unfinished block
+    a, b = np.load(tmp_path / "whole.npz"), np.load(tmp_path / "again.npz")
+    assert np.array_equal(a["features"], b["features"]) and np.array_equal(a["sigma"], b["sigma"])
+    assert whole["reference_size"] == 900 and not list((tmp_path / "cache").rglob("*.partial"))
+
+
 def test_inception_score_of_known_logits(tmp_path):
     logits = torch.randn(12, 10, generator=torch.Generator().manual_seed(0)).clamp(-4, 4)
     imgs = np.zeros((12, 4, 16, 3), np.uint8)
