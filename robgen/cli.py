@@ -490,7 +490,9 @@ def sample_cmd(ckpt, class_, classes, n, init, sampler, energy, steps, step_size
         f"sampled {r['n_images']} images ({n} per class, {len(r['classes'])} classes) with {s['sampler']} on "
         f"{s['energy']} energy, {s['steps']} steps of {s['step_size']}, start {s['init']} ({r['start_source']}), "
         f"seed {seed}, {r['world_size']} process(es)",
-        f"chunks: {r['chunks_computed']} computed, {r['chunks_reused']} reused of {r['chunks']}; {r['seconds']} s",
+        f"chunks: {r['chunks_computed']} computed, {r['chunks_reused']} reused of {r['chunks']}"
+        + (f" ({r['chunks_replaced']} on disk were damaged or another run's: made again)" if r["chunks_replaced"] else "")
+        + f"; {r['seconds']} s",
         *[f"  {c['index']:>3} {c['name']:<16} mean E(x,y) {c['energy_mean']:.3f}" for c in r["classes"]],
         *[f"wrote {kind:<12} {path}" for kind, path in r["files"].items()],
     ])
@@ -517,10 +519,11 @@ def fit_start_cmd(ckpt, data, init, retained, fit_images, out, overwrite, data_r
     from .models.checkpoint import checkpoint_id, load_classifier
     from .outputs import claim
     from .sample.starts import STARTS, fit_starts, save_fit
+    from .utils import resolve_device
 
     claim([out], overwrite)
     STARTS.get(init)
-    model = load_classifier(ckpt, device if device != "auto" else "cpu")
+    model = load_classifier(ckpt, resolve_device("cpu" if device == "auto" else device))
     data = data or model.meta.dataset
     if not data:
         raise RobgenError("the checkpoint does not name its dataset; pass --data")

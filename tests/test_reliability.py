@@ -301,6 +301,7 @@ def test_more_tracebacks_now_one_line(ckpt, tmp_path):
     one_line_error(cli("train", "--out", tmp_path / "run", "--resume"), "not a robgen training config")
     if not torch.cuda.is_available():
         one_line_error(cli("sample", "--ckpt", ckpt, "--device", "cuda", "--out", tmp_path / "s"), "no CUDA GPU")
+        one_line_error(cli("fit-start", "--ckpt", ckpt, "--device", "cuda", "--out", tmp_path / "f"), "no CUDA GPU")
     nan = make_ckpt(tmp_path / "nan.safetensors", "", nan=True)
     with pytest.raises(RobgenError, match="has NaN/inf weights"):
         sample(nan, init="uniform", out=tmp_path / "n", **FAST)
