@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from . import energy
+from . import checks, energy
 from .attacks import ATTACKS, AttackSpec, unavailable
 from .errors import RobgenError
 from .evaluate import DEFAULTS as EVAL_DEFAULTS
@@ -319,6 +319,11 @@ def phases(run_dirs: Sequence[str | Path], **detector) -> dict:
     """Per run: its label, curves (epoch, train dE(x), PGD test error = 100 - test_robust_acc) and detected phases."""
     if not run_dirs:
         raise RobgenError("no run folder given; pass one or more folders written by `robgen train --out DIR`")
+    # Checked here rather than clamped in the detector, so a result never rests on a setting other than the one given.
+    for key in ("smooth", "baseline_epochs", "persist"):
+        checks.integer(f"--{key.replace('_', '-')}", detector.get(key, DEFAULTS[key]))
+    for key in ("k", "min_spread", "min_rise"):
+        checks.number(f"--{key.replace('_', '-')}", detector.get(key, DEFAULTS[key]), 0)
     runs = []
     for run_dir in run_dirs:
         records = read_metrics(run_dir)

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from . import energy
+from . import checks, energy
 from .errors import RobgenError
 from .registry import Registry
 
@@ -133,8 +133,24 @@ class AttackSpec:
     targeted: bool = False
     start: str | None = "uniform"
 
+    def __post_init__(self):
+        if self.method == "none":
+            return
+        checks.number("--eps", self.eps, 0, open_low=True)
+        checks.integer("--steps", self.steps)
+        if self.method in ("pgd", "fgsm"):
+            checks.number("--step-size", self.step_size, 0, open_low=True)
+
     def replace(self, **changes) -> "AttackSpec":
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        """A copy with the given (non-None) fields changed; a field this method never reads is refused, so a report
+        never lists a setting that changed nothing."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        unread = [k for k in changes if k not in self.settings()]
+        if unread:
+            options = ", ".join(f"--{k.replace('_', '-')}" for k in unread)
+            raise RobgenError(f"attack method {self.method!r} does not read {options}; drop it or choose an attack "
+                              "that does")
+        return dataclasses.replace(self, **changes)
 
     def settings(self) -> dict:
         """The fields that this method reads (reports do not list a step size AutoAttack never uses)."""

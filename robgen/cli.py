@@ -1,6 +1,7 @@
 """The `robgen` command group: thin wrappers over the Python API, sharing its defaults."""
 from __future__ import annotations
 
+import errno
 import json
 import sys
 
@@ -11,6 +12,10 @@ from .analysis import DEFAULTS as ANALYSIS_DEFAULTS
 from .evaluate import DEFAULTS as EVAL_DEFAULTS
 
 
+WRITE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
+                errno.EDQUOT)
+
+
 class RobgenGroup(click.Group):
     """Shows RobgenError as a one-line `Error: ...` (exit status 1), never a traceback."""
 
@@ -19,6 +24,13 @@ class RobgenGroup(click.Group):
             return super().invoke(ctx)
         except RobgenError as err:
             raise click.ClickException(str(err)) from None
+        except OSError as err:
+            # A folder or file the system will not let robgen write (read-only, full disk, a file where a folder
+            # should be): the system's own words name the path, with no traceback.
+            if err.errno not in WRITE_ERRNOS:
+                raise
+            raise click.ClickException(f"{err.filename or 'a file'}: {err.strerror}; check the path and its "
+                                       "permissions, or choose another --out") from None
 
 
 @click.group(cls=RobgenGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -73,6 +85,7 @@ download_option = click.option("--download", is_flag=True, help="download torchv
 device_option = click.option("--device", default="auto", help="cpu, cuda, cuda:1, or auto")
 seed_option = click.option("--seed", default=EVAL_DEFAULTS["seed"], type=int, help="random seed: the same seed gives the same output")
 json_option = click.option("--json", "as_json", is_flag=True, help="print machine-readable JSON")
+overwrite_option = click.option("--overwrite", is_flag=True, help="replace outputs an earlier run left at --out")
 
 
 def check_compatible(meta, spec) -> None:
@@ -145,10 +158,10 @@ def import_cmd(src, arch, out, data, mean, std, fp16, overwrite):
     from .data import dataset_spec
     from .models import ModelMeta
     from .models.checkpoint import import_checkpoint, save_classifier
+    from .outputs import claim
     from pathlib import Path
 
-    if Path(out).exists() and not overwrite:
-        raise RobgenError(f"{out} exists; pass --overwrite to replace it")
+    claim([out], overwrite)
     spec = dataset_spec(data)
     channels = spec.input_shape[0]
     meta = ModelMeta(
@@ -219,6 +232,7 @@ analysis_run_options = stack(
     click.option(
         "--out", default=None, type=click.Path(file_okay=False), help="output folder (default: analysis/<checkpoint name>)"
     ),
+    overwrite_option,
     device_option,
     seed_option,
     json_option,
@@ -251,17 +265,20 @@ def pct(value) -> str:
 @click.option("--attacks", default=",".join(ANALYSIS_DEFAULTS["attacks"]), help="comma-separated attack names")
 @click.option("--n", default=ANALYSIS_DEFAULTS["n"], type=int, help="number of test images (a seeded random subset)")
 @analysis_run_options
-def energy_cmd(ckpt, data, data_root, download, attacks, n, batch_size, out, device, seed, as_json):
+def energy_cmd(ckpt, data, data_root, download, attacks, n, batch_size, out, overwrite, device, seed, as_json):
     """E(x) and E(x,y) of clean vs adversarial test images, per attack: histograms (PNG, PDF) and a JSON + CSV summary
     with the direction of the change in words and the TRADES KL split into its energy terms."""
     from . import plots
     from .analysis import attack_energies, attacks_csv, resolve_attacks
+    from .outputs import claim
     from .utils import atomic_write_text
 
     names = attacks.split(",")
     resolve_attacks(names)  # unknown names fail before any model or data is read
-    model, dataset, data = load_model_and_data(ckpt, data, "test", data_root, download, n, seed)
     folder = analysis_dir(ckpt, out)
+    claim([folder / f for f in ("energy_hist.png", "energy_hist.pdf", "energy_summary.csv", "energy_summary.json")],
+          overwrite)
+    model, dataset, data = load_model_and_data(ckpt, data, "test", data_root, download, n, seed)
     report, rows = attack_energies(model, dataset, names, batch_size=batch_size, seed=seed, device=device)
     report.update(ckpt=ckpt or "default", data=data)
     figure = plots.energy_histograms(report, rows)
@@ -291,21 +308,24 @@ def energy_cmd(ckpt, data, data_root, download, attacks, n, batch_size, out, dev
 @click.option("--out", default=None, type=click.Path(dir_okay=False),
               help="figure file, .png (a .pdf and a .json go beside it) (default: FIRST_RUN_DIR/phases.png)")
 @click.option("--smooth", default=ANALYSIS_DEFAULTS["smooth"], type=int, help="moving-average window, epochs")
+@overwrite_option
 @click.option("--baseline-epochs", default=ANALYSIS_DEFAULTS["baseline_epochs"], type=int,
               help="early epochs whose dE(x) counts as 'about 0'")
 @click.option("--k", default=ANALYSIS_DEFAULTS["k"], type=float, help="baseline spreads dE(x) must move for phase 2")
 @click.option("--min-rise", default=ANALYSIS_DEFAULTS["min_rise"], type=float,
               help="points the final robust error must exceed its minimum for phase 3")
 @json_option
-def phases_cmd(run_dirs, out, smooth, baseline_epochs, k, min_rise, as_json):
+def phases_cmd(run_dirs, out, smooth, overwrite, baseline_epochs, k, min_rise, as_json):
     """Per-epoch train dE(x) beside PGD test error for training runs (their metrics.jsonl), with the starts of
     phases 2 and 3 detected and marked (the rule is printed with --json)."""
     from pathlib import Path
 
     from . import plots
     from .analysis import phases
+    from .outputs import claim
 
     path = plots.figure_path(out or Path(run_dirs[0]) / "phases.png")
+    claim([path.with_suffix(s) for s in (".png", ".pdf", ".json")], overwrite)
     result = phases(run_dirs, smooth=smooth, baseline_epochs=baseline_epochs, k=k, min_rise=min_rise)
     result["files"] = [str(p) for p in plots.save_figure(plots.phase_figure(result), path)]
     write_report(result, path.with_suffix(".json"))
@@ -336,20 +356,26 @@ def phases_cmd(run_dirs, out, smooth, baseline_epochs, k, min_rise, as_json):
 @click.option("--batch-size", default=ANALYSIS_DEFAULTS["batch_size"], type=int)
 @click.option("--out", default="analysis/survey.png", type=click.Path(dir_okay=False),
               help="figure file, .png (a .pdf and a .json go beside it)")
+@overwrite_option
 @device_option
 @seed_option
 @json_option
-def survey_cmd(ckpts, more_ckpts, data, data_root, download, attack, n, batch_size, out, device, seed, as_json):
+def survey_cmd(ckpts, more_ckpts, data, data_root, download, attack, n, batch_size, out, overwrite, device, seed,
+               as_json):
     """Violin plots of dE(x) and dE(x,y) per model on the same test images, each labelled by its robust accuracy;
     the JSON gives each model's spread (std, IQR)."""
     from . import plots
     from .analysis import survey
     from .attacks import ATTACKS
     from .models.checkpoint import resolve_checkpoint
+    from .outputs import claim
 
     ATTACKS.get(attack)
     out = plots.figure_path(out)  # a bad --out fails before the models run
-    specs = [c for c in ckpts.split(",") if c] + list(more_ckpts)
+    claim([out.with_suffix(s) for s in (".png", ".pdf", ".json")], overwrite)
+    specs = [c.strip() for c in ckpts.split(",") if c.strip()] + list(more_ckpts)
+    if not specs:
+        raise RobgenError(f"--ckpts {ckpts!r} names no checkpoint; pass --ckpts A B C (or A,B,C)")
     paths = [resolve_checkpoint(c) for c in specs]
     # Models are named by file name, with the folder where two files share a name, numbered if still ambiguous.
     stems = [p.stem for p in paths]
@@ -378,13 +404,15 @@ def survey_cmd(ckpts, more_ckpts, data, data_root, download, attack, n, batch_si
 @click.option("--split", default="train", type=click.Choice(["train", "test"]), help="which images to weigh")
 @click.option("--n", default=ANALYSIS_DEFAULTS["weights_n"], type=int, help="number of images (a seeded random subset)")
 @analysis_run_options
-def weights_cmd(ckpt, data, data_root, download, split, n, batch_size, out, device, seed, as_json):
+def weights_cmd(ckpt, data, data_root, download, split, n, batch_size, out, overwrite, device, seed, as_json):
     """WEAT's weight w(x) = 1/log(1+exp(|E(x)|)) against E(x), and the histogram of weights: what WEAT emphasises."""
     from . import plots
     from .analysis import weights
+    from .outputs import claim
 
-    model, dataset, data = load_model_and_data(ckpt, data, split, data_root, download, n, seed)
     folder = analysis_dir(ckpt, out)
+    claim([folder / f for f in ("weights.png", "weights.pdf", "weights.json")], overwrite)
+    model, dataset, data = load_model_and_data(ckpt, data, split, data_root, download, n, seed)
     report, rows = weights(model, dataset, batch_size=batch_size, seed=seed, device=device)
     report.update(ckpt=ckpt or "default", data=data, split=split)
     report["files"] = [str(p) for p in plots.save_figure(plots.weights_figure(report, rows), folder / "weights.png")]
@@ -425,7 +453,8 @@ from .sample.generate import DEFAULTS as SAMPLE  # noqa: E402
 @click.option("--retained", type=FLOAT, default=SAMPLE["retained"], help="pca: share of class variance kept")
 @click.option("--sigma-pca", type=FLOAT, default=SAMPLE["sigma_pca"], help="pca: std of the coefficients a_i")
 @click.option("--early-stop", is_flag=True, help="freeze a sample once E(x,y) reaches its class's mean training energy")
-@click.option("--batch-size", default=SAMPLE["batch_size"], type=int, help="images per chunk (fixes memory)")
+@click.option("--batch-size", default=SAMPLE["batch_size"], type=int, help="images per chunk (fixes memory); each "
+              "chunk draws its own noise, so another batch size gives other images (it is part of the run's identity)")
 @click.option("--bf16", is_flag=True, help="bfloat16 autocast for the model")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="output folder (default samples/<ckpt>)")
 @click.option("--overwrite", is_flag=True, help="replace a different run already in --out")
@@ -461,7 +490,9 @@ def sample_cmd(ckpt, class_, classes, n, init, sampler, energy, steps, step_size
         f"sampled {r['n_images']} images ({n} per class, {len(r['classes'])} classes) with {s['sampler']} on "
         f"{s['energy']} energy, {s['steps']} steps of {s['step_size']}, start {s['init']} ({r['start_source']}), "
         f"seed {seed}, {r['world_size']} process(es)",
-        f"chunks: {r['chunks_computed']} computed, {r['chunks_reused']} reused of {r['chunks']}; {r['seconds']} s",
+        f"chunks: {r['chunks_computed']} computed, {r['chunks_reused']} reused of {r['chunks']}"
+        + (f" ({r['chunks_replaced']} on disk were damaged or another run's: made again)" if r["chunks_replaced"] else "")
+        + f"; {r['seconds']} s",
         *[f"  {c['index']:>3} {c['name']:<16} mean E(x,y) {c['energy_mean']:.3f}" for c in r["classes"]],
         *[f"wrote {kind:<12} {path}" for kind, path in r["files"].items()],
     ])
@@ -486,12 +517,13 @@ def fit_start_cmd(ckpt, data, init, retained, fit_images, out, overwrite, data_r
     from pathlib import Path
 
     from .models.checkpoint import checkpoint_id, load_classifier
+    from .outputs import claim
     from .sample.starts import STARTS, fit_starts, save_fit
+    from .utils import resolve_device
 
-    if Path(out).exists() and not overwrite:
-        raise RobgenError(f"{out} exists; pass --overwrite to replace it")
+    claim([out], overwrite)
     STARTS.get(init)
-    model = load_classifier(ckpt, device if device != "auto" else "cpu")
+    model = load_classifier(ckpt, resolve_device("cpu" if device == "auto" else device))
     data = data or model.meta.dataset
     if not data:
         raise RobgenError("the checkpoint does not name its dataset; pass --data")
@@ -518,8 +550,9 @@ def fit_start_cmd(ckpt, data, init, retained, fit_images, out, overwrite, data_r
 @click.option("--classes", default=None, help="comma list of class indices (default: all)")
 @click.option("--labels/--no-labels", default=GRID["labels"], help="class names as row labels")
 @click.option("--pad", default=GRID["pad"], type=int, help="pixels between images")
+@overwrite_option
 @json_option
-def grid_cmd(source, out, nrow, classes, labels, pad, as_json):
+def grid_cmd(source, out, nrow, classes, labels, pad, overwrite, as_json):
     """A paper figure from samples: one row per class, class names as row labels."""
     from .grid import grid
 
@@ -527,7 +560,7 @@ def grid_cmd(source, out, nrow, classes, labels, pad, as_json):
         chosen = None if classes in (None, "all") else [int(c) for c in classes.split(",")]
     except ValueError:
         raise RobgenError(f"--classes takes class indices like 0,3,5, got {classes!r}") from None
-    r = grid(source, out, nrow=nrow, classes=chosen, labels=labels, pad=pad)
+    r = grid(source, out, nrow=nrow, classes=chosen, labels=labels, pad=pad, overwrite=overwrite)
     emit(r, as_json, [f"grid of {r['rows']} classes x up to {nrow} images -> {r['files']['png']}, {r['files']['pdf']}"])
 
 
@@ -641,12 +674,13 @@ def score(samples, as_json, **options):
 
 @main.command()
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="statistics .npz to write")
+@overwrite_option
 @_scoring_options
-def stats(out, as_json, **options):
+def stats(out, overwrite, as_json, **options):
     """Write reference statistics (mu, sigma, features, labels, protocol) to a shareable .npz."""
     from .metrics import write_stats
 
-    result = write_stats(out, **options)
+    result = write_stats(out, overwrite=overwrite, **options)
     emit(result, as_json, [f"wrote {result['out']}: {result['reference']} (n={result['reference_size']}), "
                            f"{result['engine']} {result['engine_version']}, {result['extractor']} sha256 "
                            f"{(result['extractor_weights_sha256'] or 'none')[:12]}, resize {result['resize']}"])

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from PIL import Image
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets, transforms
 
 from .errors import RobgenError
 from .registry import Registry
+from .utils import open_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -37,12 +37,6 @@ class DatasetSpec:
 
 
 DATASETS: Registry[Callable[[], DatasetSpec]] = Registry("dataset")
-
-
-def open_image(path: str | Path, mode: str) -> Image.Image:
-    """Decode an image in `mode` and close its file (a dataset reads thousands)."""
-    with Image.open(path) as img:
-        return img.convert(mode)
 
 
 def default_root() -> Path:
@@ -181,9 +175,9 @@ def folder_spec(path: str | Path) -> DatasetSpec:
     """An ImageFolder tree; shape and channels from its first image, the classes from its subfolders."""
     path = Path(path).expanduser()
     train = _folder_split(path, "train")
-    with Image.open(_first_image(train)) as first:
-        mode = "L" if first.mode in ("L", "I;16", "1") else "RGB"
-        channels, (width, height) = (1 if mode == "L" else 3), first.size
+    first = open_image(_first_image(train))
+    mode = "L" if first.mode in ("L", "I;16", "1") else "RGB"
+    channels, (width, height) = (1 if mode == "L" else 3), first.size
 
     def read(root: Path, split: str, download: bool, transform: Callable) -> Dataset:
         folder = _folder_split(path, split)

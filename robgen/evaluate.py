@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from . import energy
+from . import checks, energy
 from .attacks import ATTACKS, AttackSpec, run_attack
 from .models import Classifier
 from .utils import resolve_device
@@ -32,6 +32,9 @@ def collect_energies(
     kl_conditional (the TRADES KL's conditional term), kl (KL(p(.|x) || p(.|x*)), the conditional term plus dE(x)).
     """
     spec = ATTACKS.get(attack) if isinstance(attack, str) else attack
+    checks.integer("--batch-size", batch_size)
+    checks.integer("--workers", workers, 0)
+    checks.seed(seed)
     dev = resolve_device(device)
     model = model.to(dev).eval()
     generator = torch.Generator().manual_seed(seed)

@@ -1,13 +1,14 @@
 """Paper figures of samples: one row per class, class names as row labels."""
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from . import checks
 from .errors import RobgenError
-from .utils import atomic_path, read_json
+from .utils import atomic_path, open_image, read_json
 
 DEFAULTS = {"nrow": 8, "pad": 2, "labels": True}
 
@@ -67,9 +68,20 @@ def render_grid(
 
 
 def _read_image(path: Path) -> np.ndarray:
-    with Image.open(path) as img:
-        pixels = np.asarray(img)
+    pixels = np.asarray(open_image(path))
     return pixels.reshape(*pixels.shape[:2], -1)  # grayscale PNGs read as (H, W): add the channel axis
+
+
+def _checked_arrays(npz: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """Images the grid can draw as they are (uint8 N x H x W x C) and one class label in range for each."""
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise RobgenError(f"{npz}: images are {images.dtype} {images.shape}; the grid draws uint8 N x H x W x C "
+                          "(C = 1 or 3) images, as `robgen sample` writes them")
+    if labels.ndim != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
+        raise RobgenError(f"{npz}: labels are {labels.dtype} {labels.shape}; the grid needs one integer class "
+                          f"label per image ({len(images)})")
+    if len(labels) and labels.min() < 0:
+        raise RobgenError(f"{npz}: label {int(labels.min())} is not a class; labels must be 0 or more")
 
 
 def _class_names_of(folder: Path) -> list[str] | None:
@@ -89,9 +101,13 @@ def load_rows(source: str | Path, nrow: int = DEFAULTS["nrow"], classes: list[in
         try:
             with np.load(npz) as f:
                 images, labels = f["images"], f["labels"]
-        except (OSError, ValueError, KeyError) as err:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
             raise RobgenError(f"{npz} is not a samples file with images and labels ({err})") from None
-        names = _class_names_of(npz.parent) or [str(k) for k in range(int(labels.max()) + 1)]
+        _checked_arrays(npz, images, labels)
+        names = _class_names_of(npz.parent) or [str(k) for k in range(int(labels.max(initial=-1)) + 1)]
+        if len(labels) and labels.max() >= len(names):
+            raise RobgenError(f"{npz}: label {int(labels.max())} has no class name ({len(names)} classes in "
+                              f"{npz.parent / 'manifest.json'})")
         present = sorted(set(labels.tolist()))
         chosen = present if classes is None else classes
         missing = [c for c in chosen if c not in present]
@@ -111,14 +127,24 @@ def load_rows(source: str | Path, nrow: int = DEFAULTS["nrow"], classes: list[in
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[:nrow]
         if not files:
             raise RobgenError(f"class folder {folder} holds no images")
-        rows.append(np.stack([_read_image(p) for p in files]))
+        images = [_read_image(p) for p in files]
+        shapes = {i.shape for i in images} | ({rows[0].shape[1:]} if rows else set())
+        if len(shapes) > 1:
+            raise RobgenError(f"{source}: images differ in size or channels ({', '.join(map(str, sorted(shapes)))} "
+                              "as H, W, C); a grid needs images of one shape")
+        rows.append(np.stack(images))
         name = folder.name
         names.append(name.split("_", 1)[1] if name[:2].isdigit() and "_" in name else name)
     return rows, names
 
 
 def grid(source: str | Path, out: str | Path, *, nrow: int = DEFAULTS["nrow"], classes: list[int] | None = None,
-         labels: bool = DEFAULTS["labels"], pad: int = DEFAULTS["pad"]) -> dict:
-    """A paper figure from samples: PNG and PDF (same stem), one row per class."""
+         labels: bool = DEFAULTS["labels"], pad: int = DEFAULTS["pad"], overwrite: bool = False) -> dict:
+    """A paper figure from samples: PNG and PDF (same stem), one row per class. Existing files are replaced only
+    with overwrite=True, and never a file of a run or sample folder."""
+    from .outputs import claim
+
+    checks.integer("--pad", pad, 0)
+    claim([Path(out).with_suffix(".png"), Path(out).with_suffix(".pdf")], overwrite)
     rows, names = load_rows(source, nrow, classes)
     return render_grid(rows, names, out, labels=labels, pad=pad, pdf=True)

@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import checks
 from .errors import RobgenError
 from .registry import Registry
-from .utils import atomic_path, cache_dir, resolve_device
+from .utils import atomic_path, cache_dir, open_image, resolve_device
 
 DEFAULTS: dict[str, Any] = {
     "ref": "cifar10-train",
@@ -121,8 +122,6 @@ def _class_index(folders: list[str]) -> dict[str, int]:
 
 
 def _load_folder(root: Path) -> ImageSet:
-    from PIL import Image
-
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise RobgenError(f"{root}: no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -131,8 +130,8 @@ def _load_folder(root: Path) -> ImageSet:
     index = _class_index(folders) if by_class else {}
     arrays, first = [], None
     for path in tqdm(files, desc=f"reading {root.name}", unit="img", leave=False, disable=len(files) < 1000):
-        with Image.open(path) as img:
-            arr = np.asarray(img if img.mode in ("L", "RGB") else img.convert("RGB"))
+        img = open_image(path)
+        arr = np.asarray(img if img.mode in ("L", "RGB") else img.convert("RGB"))
         arr = arr[:, :, None] if arr.ndim == 2 else arr
         if first is None:
             first = (path, arr.shape)
@@ -187,6 +186,7 @@ def load_reference_images(ref: str, data_root: str | None = None, download: bool
 
 def subsample(images: ImageSet, n: int | None, seed: int, option: str = "--n") -> ImageSet:
     """A seeded random subset: samples are often stored class by class, so the first N would be a few classes."""
+    checks.integer(option, n, 2, none_ok=True)  # scoring needs two images
     if n is None or n == len(images):
         return images
     if n > len(images):
@@ -436,12 +436,22 @@ def _options(overrides: dict[str, Any]) -> dict[str, Any]:
     unknown = set(overrides) - set(DEFAULTS)
     if unknown:
         raise TypeError(f"unknown score option(s): {', '.join(sorted(unknown))}")
-    return {**DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}}
+    opts = {**DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}}
+    for key in ("batch_size", "kid_subsets", "kid_subset_size", "prc_neighborhood", "isc_splits"):
+        checks.integer(f"--{key.replace('_', '-')}", opts[key])
+    checks.integer("--n", opts["n"], 2, none_ok=True)
+    checks.integer("--ref-n", opts["ref_n"], 2, none_ok=True)
+    checks.seed(opts["seed"])
+    return opts
 
 
-def write_stats(out: str | os.PathLike, **options: Any) -> dict[str, Any]:
-    """`robgen stats`: statistics of options['ref'] (with features) into a shareable .npz; returns its protocol."""
+def write_stats(out: str | os.PathLike, overwrite: bool = False, **options: Any) -> dict[str, Any]:
+    """`robgen stats`: statistics of options['ref'] (with features) into a shareable .npz; returns its protocol.
+    An existing `out` is replaced only with overwrite=True, and never a file of a run or sample folder."""
+    from .outputs import claim
+
     opts = _options(options)
+    claim([out], overwrite)
     backend = BACKENDS.get(opts["backend"])()
     extractor = build_extractor(opts, logits=False)
     stats = reference_stats(opts["ref"], backend, extractor, opts)

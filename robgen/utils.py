@@ -10,15 +10,43 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+from PIL import Image
 
 from .errors import RobgenError
 
 
 def resolve_device(device: str | None = None) -> torch.device:
-    """'auto' (or None) picks CUDA when present, else CPU."""
+    """'auto' (or None) picks CUDA when present, else CPU; a device this machine lacks is a one-line error here
+    rather than a traceback at the first tensor moved onto it."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise RobgenError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise RobgenError(f"--device {device}: no CUDA GPU is visible on this machine; use --device cpu or auto")
+        if dev.index is not None and dev.index >= count:
+            raise RobgenError(f"--device {device}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise RobgenError(f"--device {device}: MPS is not available on this machine; use --device cpu or auto")
+    elif dev.type not in ("cpu", "mps"):
+        raise RobgenError(f"--device {device}: robgen runs on cpu, cuda or mps")
+    return dev
+
+
+def open_image(path: str | os.PathLike, mode: str | None = None) -> Image.Image:
+    """Decode an image (converted to `mode`, or as stored) and close its file (datasets read thousands). A damaged or
+    truncated file is a one-line error naming it: the command stops, since a silently skipped image would change
+    which images a seeded subset or a score holds."""
+    try:
+        with Image.open(path) as img:
+            return img.convert(mode) if mode else img.copy()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise RobgenError(f"{path} is not a readable image ({err}); the command stops: replace or remove the file"
+                          ) from None
 
 
 def cache_dir(*parts: str) -> Path:

@@ -153,7 +153,7 @@ def test_cli_energy_writes_figures_and_summaries(ckpt, folder, tmp_path):
     assert len(csv_lines) == 4 and csv_lines[0].startswith("attack,n,clean_acc")
     assert json.loads((out / "energy_summary.json").read_text())["attacks"]["pgd"]["n"] == 12
     text = invoke("energy", "--ckpt", str(ckpt), "--data", f"folder:{folder}", "--n", "6", "--attacks", "trades",
-                  "--out", str(out), "--device", "cpu")
+                  "--out", str(out), "--device", "cpu", "--overwrite")  # the first run's files are replaced
     assert text.exit_code == 0 and "TRADES KL" in text.output and "on average" in text.output
 
 

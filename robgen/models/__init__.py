@@ -31,6 +31,11 @@ class ModelMeta:
     metrics: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
+        if not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool) or self.num_classes < 1:
+            raise RobgenError(f"num_classes must be a positive whole number, got {self.num_classes!r}")
+        if len(self.input_shape) != 3 or not all(isinstance(v, int) and v > 0 for v in self.input_shape):
+            raise RobgenError(f"input_shape must be 3 positive whole numbers (channels, height, width), got "
+                              f"{list(self.input_shape)}")
         self.input_shape = tuple(int(v) for v in self.input_shape)
         self.mean = tuple(float(v) for v in self.mean)
         self.std = tuple(float(v) for v in self.std)
@@ -41,15 +46,30 @@ class ModelMeta:
         channels = self.input_shape[0]
         if len(self.mean) != channels or len(self.std) != channels:
             raise RobgenError(f"mean/std need {channels} values (one per channel), got {self.mean} / {self.std}")
+        if not all(0 < s < float("inf") for s in self.std):  # a zero std makes every logit NaN
+            raise RobgenError(f"std must be positive and finite (inputs are divided by it), got {self.std}")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "ModelMeta":
-        data = json.loads(text)
+        """Metadata from a checkpoint header; anything malformed is a one-line error saying what (the caller adds
+        which file)."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise RobgenError(f"its robgen metadata is not JSON ({err.msg})") from None
+        if not isinstance(data, dict):
+            raise RobgenError(f"its robgen metadata is a JSON {type(data).__name__}, not an object")
+        missing = [k for k in ("arch", "num_classes") if k not in data]
+        if missing:
+            raise RobgenError(f"its robgen metadata lacks {', '.join(missing)}")
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except (TypeError, ValueError) as err:
+            raise RobgenError(f"its robgen metadata is malformed ({err})") from None
 
     def class_index(self, cls: int | str) -> int:
         """A class given by index or name; out-of-range or unknown names raise a one-line error."""

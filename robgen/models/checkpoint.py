@@ -5,6 +5,7 @@ torch.load(weights_only=True) in `import_checkpoint`.
 """
 from __future__ import annotations
 
+import json
 import pickle
 import re
 import zipfile
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from ..errors import RobgenError
 from ..utils import atomic_path, sha256_file
@@ -55,8 +56,17 @@ def save_classifier(model: Classifier, path: str | Path, dtype: torch.dtype | No
             value = value.to(dtype)
         tensors[key] = value.contiguous()
     path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT, "robgen": model.meta.to_json()})
+    data = save(tensors, metadata={"format": FORMAT, "robgen": model.meta.to_json()})
+    # safetensors writes its metadata map in a per-process random order: sorting the JSON header's keys makes the
+    # same weights give the same bytes. Offsets are relative to the data, which is written as it is; the header is
+    # padded with spaces to a multiple of 8 bytes, as safetensors pads it.
+    n = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8: 8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(len(header).to_bytes(8, "little"))
+        f.write(header)
+        f.write(memoryview(data)[8 + n:])
     return path
 
 
@@ -73,11 +83,18 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     return tensors, header
 
 
-def read_meta(path: str | Path) -> ModelMeta:
-    _, header = _read_safetensors(Path(path))
+def _meta_of(path: Path, header: dict[str, str]) -> ModelMeta:
     if "robgen" not in header:
         raise RobgenError(f"{path} is a safetensors file without robgen metadata; convert it with `robgen import`")
-    return ModelMeta.from_json(header["robgen"])
+    try:
+        return ModelMeta.from_json(header["robgen"])
+    except RobgenError as err:
+        raise RobgenError(f"{path}: {err}; re-export the checkpoint with robgen") from None
+
+
+def read_meta(path: str | Path) -> ModelMeta:
+    _, header = _read_safetensors(Path(path))
+    return _meta_of(Path(path), header)
 
 
 def load_state_checked(net: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -105,9 +122,7 @@ def load_classifier(spec: str | Path | None = None, device: str | torch.device =
     """Load a robgen checkpoint (a path or a shipped name; None: the default) in eval mode."""
     path = resolve_checkpoint(spec)
     tensors, header = _read_safetensors(path)
-    if "robgen" not in header:
-        raise RobgenError(f"{path} is a safetensors file without robgen metadata; convert it with `robgen import`")
-    model = build_classifier(ModelMeta.from_json(header["robgen"]))
+    model = build_classifier(_meta_of(path, header))
     load_state_checked(model.net, tensors, str(path))
     return model.to(device).eval()
 
@@ -137,7 +152,8 @@ def _foreign_state_dict(path: Path) -> dict[str, torch.Tensor]:
             f"{path} needs arbitrary code to unpickle ({what}) and robgen will not run it; "
             "re-save it as a plain state_dict of tensors"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, SafetensorError) as err:
+        # SafetensorError: torch.load reads a file named .safetensors as one, e.g. a pickle given that name
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise RobgenError(f"{path} is not a readable PyTorch checkpoint (truncated? {first})") from None
     # RobustBench files wrap weights in "state_dict"; JEM-style files in "model_state_dict" beside a replay buffer.

@@ -14,6 +14,8 @@ Output layout (the contract with `robgen score`):
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
 import os
@@ -29,9 +31,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from .. import checks
 from .. import energy as energies
 from ..errors import RobgenError
 from ..models import Classifier
+from ..outputs import LOCK_NAME, FolderLock
 from ..utils import atomic_path, atomic_write_text, read_json, resolve_device
 from . import starts as st
 from .samplers import SAMPLERS, SamplerConfig, descend
@@ -103,10 +107,47 @@ def _rank0_first(fn: Callable, rank: int, world: int, others_too: bool = True):
     return result
 
 
+# Locks on the output folders of the sample() call in progress; _releasing_locks drops them when it returns or fails.
+_LOCKS: list[FolderLock] = []
+
+
+def _releasing_locks(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            while _LOCKS:
+                _LOCKS.pop().release()
+
+    return call
+
+
+def run_id(settings: dict) -> str:
+    """The identity stamped into every chunk: a chunk is reused only by a run with exactly these settings."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _reusable(path: Path, settings: dict, labels: torch.Tensor) -> bool:
+    """Whether `path` is a finished chunk of this run: readable, stamped with this run's id, holding `labels`.
+    A damaged chunk (a disk error, a copy cut short) or another run's chunk is made again rather than merged."""
+    if not path.is_file():
+        return False
+    try:
+        with np.load(path) as f:
+            chunk = {key: f[key] for key in f.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return False
+    return (str(chunk.get("run")) == run_id(settings) and "images" in chunk and "energy" in chunk
+            and np.array_equal(chunk.get("labels"), labels.numpy()) and len(chunk["images"]) == len(labels))
+
+
 def _prepare_out(out: Path, settings: dict, overwrite: bool) -> None:
-    """Check OUT holds nothing or this same run (resume); with overwrite, clear a different run's files."""
+    """Hold OUT's lock; check OUT holds nothing or this same run (resume); with overwrite, clear a different run's
+    files. The lock keeps a second run (with --overwrite or not) from clearing or filling OUT while this one writes."""
     settings_path = out / "chunks" / "settings.json"
-    if out.is_dir() and any(out.iterdir()):
+    _LOCKS.append(FolderLock(out, "sample run"))
+    if any(p.name != LOCK_NAME for p in out.iterdir()):
         old = read_json(settings_path) if settings_path.is_file() else None
         if old != settings:
             if not overwrite:
@@ -120,6 +161,18 @@ def _prepare_out(out: Path, settings: dict, overwrite: bool) -> None:
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     (out / "chunks").mkdir(parents=True, exist_ok=True)
     atomic_write_text(settings_path, json.dumps(settings, indent=1, sort_keys=True))
+
+
+def _refuse_unread(sampler: str, reads: tuple[str, ...] | None, **given) -> None:
+    """An option the sampler never reads, set away from its default, is refused rather than recorded as used."""
+    if reads is None:  # a sampler registered without `reads`: nothing to check against
+        return
+    unread = [k for k, v in given.items() if k not in reads and v != DEFAULTS[k]]
+    if unread:
+        options = ", ".join(f"--{k}" for k in unread)
+        raise RobgenError(f"the {sampler} sampler does not read {options} (it reads {', '.join(reads)}); drop "
+                          f"{'it' if len(unread) == 1 else 'them'} or choose a sampler that uses "
+                          f"{'it' if len(unread) == 1 else 'them'}")
 
 
 def _energy_grad(model: Classifier, target: Callable, y: torch.Tensor, bf16: bool) -> Callable:
@@ -202,6 +255,7 @@ def _plot_track(path: Path, track: dict[str, list[float]]) -> None:
     plt.close(fig)
 
 
+@_releasing_locks
 def sample(
     ckpt: str | Path | None = None,
     classes: list[int | str] | None = None,
@@ -258,7 +312,18 @@ def sample(
     for name, value in (("-n", n), ("--batch-size", batch_size)):
         if value <= 0:
             raise RobgenError(f"{name} must be positive, got {value}")
+    checks.seed(seed)
     step_fn = SAMPLERS.get(sampler)
+    _refuse_unread(sampler, getattr(step_fn, "reads", None), momentum=momentum, noise=noise, alpha=alpha, norm=norm,
+                   eps=eps)
+    if init not in ("pca", "mix") and (retained, sigma_pca) != (DEFAULTS["retained"], DEFAULTS["sigma_pca"]):
+        raise RobgenError(f"--retained and --sigma-pca shape the pca and mix starts only, not --init {init}; drop them")
+    checks.number("--sigma-pca", sigma_pca, 0)
+    checks.number("--data-noise", data_noise, 0)
+    broken = [k for k, v in model.net.state_dict().items() if v.is_floating_point() and not v.isfinite().all()]
+    if broken:
+        raise RobgenError(f"{ckpt_path} has NaN/inf weights ({len(broken)} tensors, first {broken[0]!r}): its "
+                          "energies are NaN everywhere; use another checkpoint")
     energies.TARGET_ENERGIES.get(energy)
     cfg = SamplerConfig(steps, step_size if step_size is not None else step_fn.default_step_size, momentum, noise,
                         alpha, norm, eps)
@@ -286,24 +351,25 @@ def sample(
     n_chunks = math.ceil(len(labels) / batch_size)
     chunk_path = [out / "chunks" / f"chunk_{k:06d}.npz" for k in range(n_chunks)]
     mine = list(range(rank, n_chunks, world))
-    computed = 0
+    computed = replaced = 0
     bar = tqdm(mine, desc=f"sample {sampler} rank {rank}" if world > 1 else f"sample {sampler}", unit="chunk",
                disable=not progress, leave=False)
     for k in bar:
-        if chunk_path[k].is_file():
-            continue
         lo = k * batch_size
+        if _reusable(chunk_path[k], settings, labels[lo: lo + batch_size]):
+            continue
+        replaced += chunk_path[k].is_file()
         chunk = _make_chunk(model, fit, labels[lo: lo + batch_size], shape, settings, cfg, dev, k)
         _save_pngs(out, chunk, lo, n, meta.class_names)
         with atomic_path(chunk_path[k]) as tmp, open(tmp, "wb") as f:
-            np.savez(f, **chunk)
+            np.savez(f, **chunk, run=np.array(run_id(settings)))
         computed += 1
     if world > 1:
         import torch.distributed as dist
 
         dist.barrier()
     result = {"out": str(out), "rank": rank, "world_size": world, "chunks": n_chunks, "chunks_computed": computed,
-              "chunks_reused": len(mine) - computed}
+              "chunks_reused": len(mine) - computed, "chunks_replaced": replaced}
     if rank != 0:
         return result
     result.update(_merge(out, chunk_path, labels, class_ids, meta.class_names, shape, settings, track))

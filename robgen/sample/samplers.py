@@ -37,15 +37,17 @@ class SamplerConfig:
     def __post_init__(self):
         if self.steps <= 0:
             raise RobgenError(f"--steps must be positive, got {self.steps}")
-        if not self.step_size > 0:
+        if not 0 < self.step_size < math.inf:
             raise RobgenError(f"--step-size must be positive, got {self.step_size}")
-        if self.noise < 0:
+        if not 0 <= self.noise < math.inf:  # written so that NaN fails too
             raise RobgenError(f"--noise must be >= 0, got {self.noise}")
+        if self.alpha is not None and not 0 <= self.alpha < math.inf:
+            raise RobgenError(f"--alpha must be >= 0, got {self.alpha}")
         if not 0 <= self.momentum < 1:
             raise RobgenError(f"--momentum must be in [0, 1), got {self.momentum}")
         if self.norm not in ("linf", "l2"):
             raise RobgenError(f"unknown norm {self.norm!r}; use linf or l2")
-        if self.eps is not None and not self.eps > 0:
+        if self.eps is not None and not 0 < self.eps < math.inf:
             raise RobgenError(f"--eps must be positive, got {self.eps}")
 
     @property
@@ -55,6 +57,9 @@ class SamplerConfig:
 
 
 SAMPLERS: Registry[StepFn] = Registry("sampler")
+# The SamplerConfig fields each sampler reads (registered as `reads`): sample() refuses the others rather than
+# recording a setting that changed nothing.
+LANGEVIN_READS = ("steps", "step_size", "momentum", "noise", "alpha")
 
 
 def _langevin(x: Tensor, state: dict, grad: Tensor, cfg: SamplerConfig, noise: NoiseFn) -> Tensor:
@@ -69,14 +74,14 @@ def _langevin(x: Tensor, state: dict, grad: Tensor, cfg: SamplerConfig, noise: N
     return x.clamp_(0.0, 1.0)
 
 
-@SAMPLERS.register("sgld", default_step_size=0.8)
+@SAMPLERS.register("sgld", default_step_size=0.8, reads=LANGEVIN_READS)
 def sgld(x: Tensor, state: dict, grad_fn: GradFn, cfg: SamplerConfig, noise: NoiseFn) -> tuple[Tensor, Tensor]:
     """SGLD with momentum, exactly PAPER.md's update (v_0 = 0)."""
     e, grad = grad_fn(x)
     return _langevin(x, state, grad, cfg, noise), e
 
 
-@SAMPLERS.register("heun", default_step_size=0.8)
+@SAMPLERS.register("heun", default_step_size=0.8, reads=LANGEVIN_READS)
 def heun(x: Tensor, state: dict, grad_fn: GradFn, cfg: SamplerConfig, noise: NoiseFn) -> tuple[Tensor, Tensor]:
     """Predictor-corrector: a plain gradient step predicts x', the Langevin step uses the mean of both gradients."""
     e, g1 = grad_fn(x)
@@ -84,7 +89,7 @@ def heun(x: Tensor, state: dict, grad_fn: GradFn, cfg: SamplerConfig, noise: Noi
     return _langevin(x, state, (g1 + g2) / 2, cfg, noise), e
 
 
-@SAMPLERS.register("pgd", default_step_size=0.5)
+@SAMPLERS.register("pgd", default_step_size=0.5, reads=("steps", "step_size", "norm", "eps"))
 def pgd(x: Tensor, state: dict, grad_fn: GradFn, cfg: SamplerConfig, noise: NoiseFn) -> tuple[Tensor, Tensor]:
     """Normalised descent (sign for linf, unit-L2 for l2) inside an optional eps-ball around the start
     (Santurkar et al. 2019); default step 0.5 is for l2."""
@@ -127,6 +132,10 @@ def descend(
     bad = ~torch.isfinite(energies).all(dim=1)
     if bad.any():
         first = int(torch.nonzero(bad)[0])
+        if first == 0:  # before any step: the model or the start is at fault, not the step size
+            raise RobgenError(f"the energy is NaN/inf at step 0 of {name}, before any step: the model gives "
+                              "non-finite logits on the starts (NaN weights or a zero normalisation std in the "
+                              "checkpoint, or a start fit holding NaN)")
         raise RobgenError(f"the energy became NaN/inf at step {first} of {name}; lower --step-size (now "
                           f"{cfg.step_size}) or drop --bf16")
     return x.detach(), energies

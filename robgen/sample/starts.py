@@ -186,6 +186,13 @@ def fit_starts(
     if per_class is not None and per_class < 2:
         raise RobgenError(f"fitting a start needs at least 2 images per class, got --fit-images {per_class}")
     data, spec = load_split(dataset_name, split, root=root, download=download)
+    meta = getattr(model, "meta", None)
+    if meta is not None and (spec.num_classes, tuple(spec.input_shape)) != (meta.num_classes, tuple(meta.input_shape)):
+        raise RobgenError(
+            f"{dataset_name} has {spec.num_classes} classes of shape {tuple(spec.input_shape)}, but the model takes "
+            f"{meta.num_classes} classes of shape {tuple(meta.input_shape)}: a fit on it could not serve the model; "
+            "pass a matching --data"
+        )
     labels = labels_of(data)
     means, bases, stds, variances, energies, kept, counts = [], [], [], [], [], [], []
     for y in tqdm(range(spec.num_classes), desc="fit starts", unit="class", disable=not progress, leave=False):

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from .. import energy
+from .. import checks, energy
 from ..attacks import AttackSpec, check_radius
 from ..data import train_val_split
 from ..errors import RobgenError
@@ -147,6 +147,7 @@ def _validate(c: dict) -> None:
         raise RobgenError(f"max-train must be at least 1, got {c['max_train']}")
     if c["lr"] <= 0 or c["beta"] < 0:
         raise RobgenError(f"lr must be positive and beta non-negative, got lr {c['lr']}, beta {c['beta']}")
+    checks.seed(c["seed"])
     if c["amp"] not in ("bf16", "fp16", "off"):
         raise RobgenError(f"unknown amp mode {c['amp']!r}; use bf16, fp16 or off")
 
@@ -154,7 +155,13 @@ def _validate(c: dict) -> None:
 def read_config(out: str | Path) -> dict | None:
     """The recipe of the run in `out`, or None when there is none."""
     path = Path(out) / "config.json"
-    return read_json(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    config = read_json(path)
+    if not isinstance(config, dict) or "loss" not in config:
+        raise RobgenError(f"{path} is not a robgen training config (no recipe in it); restore it, or --overwrite "
+                          "to start the run again")
+    return config
 
 
 def _check_same_recipe(saved: dict, config: dict, out: Path) -> None:
@@ -295,7 +302,10 @@ def train(
     _validate(config)
     if stop_after is not None and stop_after < 1:
         raise RobgenError(f"stop-after must be at least 1 epoch, got {stop_after}")
+    checks.integer("--workers", workers, 0)
     out = Path(out)
+    if resume and read_config(out) is None:  # else the run would start afresh from whatever recipe was passed
+        raise RobgenError(f"--resume: {out} holds no run to resume (no config.json); drop --resume to start one")
     rank, world, dev = _setup_distributed(device)
     try:
         return _train(config, out, rank, world, dev, resume, overwrite, workers, compile, stop_after, progress, log)
@@ -441,12 +451,14 @@ def _train(config, out, rank, world, dev, resume, overwrite, workers, compile, s
             save_classifier(model, out / "best.safetensors")
         history.append(json.dumps(last, sort_keys=True))
         atomic_write_text(out / "metrics.jsonl", "\n".join(history) + "\n")
-        with atomic_path(out / "state.pt") as tmp:  # the commit point of this epoch
+        # The commit point of this epoch. Saved through a file object: torch names the archive's folder after a
+        # path's file name (here a random temporary one) but "archive" for a file object, so the bytes repeat.
+        with atomic_path(out / "state.pt") as tmp, open(tmp, "wb") as f:
             torch.save({
                 "epoch": epoch, "model": model.net.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                 "best_epoch": best["epoch"], "best_robust_acc": best["val_robust_acc"],
-            }, tmp)
+            }, f)
         log(_format_epoch(last, config["epochs"]))
     if start > end:
         log(f"{out} has already run {start - 1} of {config['epochs']} epochs: nothing to do")
