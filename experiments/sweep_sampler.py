@@ -20,6 +20,8 @@ from robgen.metrics import score
 from robgen.sample import sample
 from robgen.utils import atomic_write_text
 
+PCA_INITS, PCA_OPTIONS = ("pca", "mix"), ("sigma_pca", "retained")
+
 
 def parse_grid(items: list[str]) -> list[dict]:
     """`key=v1,v2` items -> every combination, values as numbers where they parse."""
@@ -29,7 +31,13 @@ def parse_grid(items: list[str]) -> list[dict]:
         if not values:
             raise SystemExit(f"--grid takes key=v1,v2 items, got {item!r}")
         axes.append([(key, number(v)) for v in values.split(",")])
-    return [dict(combo) for combo in itertools.product(*axes)]
+    settings = {}
+    for combo in itertools.product(*axes):
+        setting = dict(combo)
+        if setting.get("init", "pca") not in PCA_INITS:  # robgen refuses options a start does not read
+            setting = {k: v for k, v in setting.items() if k not in PCA_OPTIONS}
+        settings[name_of(setting)] = setting
+    return list(settings.values())
 
 
 def number(text: str):
