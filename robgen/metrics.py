@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from .errors import RobgenError
 from .registry import Registry
-from .utils import atomic_path, cache_dir, resolve_device
+from .utils import atomic_path, cache_dir, precision, resolve_device
 
 DEFAULTS: dict[str, Any] = {
     "ref": "cifar10-train",
@@ -233,7 +233,8 @@ def build_extractor(opts: dict[str, Any], logits: bool) -> Extractor:
     layers = [cls.get_default_feature_layer_for_metric("fid")]
     if logits:
         layers.append(cls.get_default_feature_layer_for_metric("isc"))
-    module = create_feature_extractor(name, layers, cuda=device.type == "cuda", **kwargs)
+    # Moved to the device here: torch-fidelity's cuda=True means cuda:0, whatever --device says.
+    module = create_feature_extractor(name, layers, cuda=False, **kwargs).to(device)
     if opts["channels_last"]:
         module = module.to(memory_format=torch.channels_last)
     return Extractor(module, name, sha, source, logits, device, opts["channels_last"])
@@ -404,7 +405,8 @@ def reference_stats(ref: str, backend: Backend, extractor: Extractor, opts: dict
         return _read_stats(path)
     feats = extract(images.images, backend, extractor, opts["batch_size"], f"reference {ref}")["features"]
     stats = {**statistics(feats), "features": feats, "labels": images.labels,
-             "protocol": {**_protocol_id(backend, extractor), "reference": ref, "reference_size": len(images)}}
+             "protocol": {**_protocol_id(backend, extractor), "reference": ref, "reference_size": len(images),
+                          "precision": precision(extractor.device)}}
     _write_stats(path, stats)
     return stats
 
@@ -485,10 +487,11 @@ def score(samples: str | os.PathLike, **options: Any) -> dict[str, Any]:
         result["fid_per_class"] = _per_class_fid(backend, images, feats, ref)
     protocol = {**_protocol_id(backend, extractor), "engine_version": backend.version(),
                 "extractor_weights": extractor.weights_source, "samples": images.name, "num_samples": len(images),
-                "seed": opts["seed"], "channels_last": opts["channels_last"]}
+                "seed": opts["seed"], "channels_last": opts["channels_last"], "precision": precision(extractor.device)}
     if ref is not None:
         protocol.update(reference=ref["protocol"].get("reference", opts["ref"]),
-                        reference_size=ref["protocol"].get("reference_size"))
+                        reference_size=ref["protocol"].get("reference_size"),
+                        reference_precision=ref["protocol"].get("precision"))
     return {**result, "protocol": protocol}
 
 
