@@ -418,7 +418,8 @@ def _train(config, out, rank, world, dev, resume, overwrite, workers, compile, s
         out.mkdir(parents=True, exist_ok=True)
         # "precision" is metadata, not identity (make_config and --resume read only the recipe's keys): one entry
         # per session that computed differently, e.g. a CPU run resumed on a GPU.
-        sessions = [p for p in ((read_config(out) or {}).get("precision") or []) if state is not None and p["from_epoch"] < start]
+        saved = (read_config(out) or {}).get("precision") or [] if state is not None else []
+        sessions = [p for p in saved if p["from_epoch"] < start]
         if not sessions or {k: v for k, v in sessions[-1].items() if k != "from_epoch"} != session:
             sessions.append({"from_epoch": start, **session})
         atomic_write_text(out / "config.json", json.dumps({**config, "precision": sessions}, indent=2, sort_keys=True) + "\n")
