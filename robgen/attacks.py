@@ -1,15 +1,17 @@
 """Adversarial attacks: PGD (Linf/L2, untargeted/targeted, CE / KL-to-clean / energy objectives) and FGSM.
 
 Attacks leave the model's mode alone (callers choose eval or train) and never touch parameter gradients.
-Random starts are drawn from an explicit CPU generator, so a seed gives the same result on any device.
+Random starts are drawn on the generator's device: a CPU generator gives the same starts on any device (evaluation
+uses one, so a GPU and a CPU evaluation attack from the same points); a CUDA generator avoids a host draw and copy.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -26,12 +28,17 @@ OBJECTIVES.register("joint")(lambda logits, y, clean: energy.joint_energy(logits
 OBJECTIVES.register("marginal")(lambda logits, y, clean: energy.marginal_energy(logits))
 
 
+def _on(generator: torch.Generator | None) -> torch.device:
+    """Where a draw from `generator` is made (None: torch's global CPU generator)."""
+    return generator.device if generator is not None else torch.device("cpu")
+
+
 def _randn(shape: torch.Size, generator: torch.Generator | None, like: Tensor) -> Tensor:
-    return torch.randn(shape, generator=generator).to(device=like.device, dtype=like.dtype)
+    return torch.randn(shape, generator=generator, device=_on(generator)).to(device=like.device, dtype=like.dtype)
 
 
 def _rand(shape: torch.Size, generator: torch.Generator | None, like: Tensor) -> Tensor:
-    return torch.rand(shape, generator=generator).to(device=like.device, dtype=like.dtype)
+    return torch.rand(shape, generator=generator, device=_on(generator)).to(device=like.device, dtype=like.dtype)
 
 
 def per_sample_norm(t: Tensor) -> Tensor:
@@ -101,7 +108,7 @@ def pgd(
     x = x.detach().float()
     # fp32 under any autocast: in bf16 the KL of the x + 0.001 N start is below the logits' resolution (its first
     # step's sign is noise), and fp16 input gradients underflow without loss scaling.
-    with torch.autocast(x.device.type, enabled=False):
+    with torch.autocast(x.device.type, enabled=False), input_gradients_only(model):
         if objective == "kl":
             clean_logits = _no_grad_logits(model, x) if clean_logits is None else clean_logits.float()
         sign = -1.0 if targeted else 1.0
@@ -113,6 +120,20 @@ def pgd(
             step = grad.sign() if norm == "linf" else grad / per_sample_norm(grad)
             x_adv = project(x_adv.detach() + step_size * step, x, eps, norm)
     return x_adv.detach()
+
+
+@contextlib.contextmanager
+def input_gradients_only(model: nn.Module) -> Iterator[None]:
+    """Parameters frozen while attacking: eager autograd.grad(loss, x) skips their gradients anyway, but a compiled
+    model's backward graph (AOTAutograd) would compute every one of them at each step and throw them away."""
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
 
 
 def _no_grad_logits(model: nn.Module, x: Tensor) -> Tensor:
@@ -186,7 +207,7 @@ TORCHATTACKS_METHODS = ("apgd-ce", "apgd-t", "autoattack")
 
 def random_targets(y: Tensor, num_classes: int, generator: torch.Generator | None) -> Tensor:
     """A uniformly drawn wrong class for each label."""
-    shift = torch.randint(1, num_classes, y.shape, generator=generator).to(y.device)
+    shift = torch.randint(1, num_classes, y.shape, generator=generator, device=_on(generator)).to(y.device)
     return (y + shift) % num_classes
 
 
@@ -236,7 +257,7 @@ def run_attack(
     if spec.method == "none":
         return x.detach()
     if spec.method in TORCHATTACKS_METHODS:
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=_on(generator)))
         return _torchattacks(spec, model, num_classes, seed)(x, y).detach()
     if spec.method not in ("pgd", "fgsm"):
         raise RobgenError(f"unknown attack method {spec.method!r}")

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from . import checks
 from .errors import RobgenError
 from .registry import Registry
-from .utils import atomic_path, cache_dir, open_image, resolve_device
+from .utils import atomic_path, cache_dir, open_image, precision, resolve_device
 
 DEFAULTS: dict[str, Any] = {
     "ref": "cifar10-train",
@@ -234,7 +234,8 @@ def build_extractor(opts: dict[str, Any], logits: bool) -> Extractor:
     layers = [cls.get_default_feature_layer_for_metric("fid")]
     if logits:
         layers.append(cls.get_default_feature_layer_for_metric("isc"))
-    module = create_feature_extractor(name, layers, cuda=device.type == "cuda", **kwargs)
+    # Moved to the device here: torch-fidelity's cuda=True means cuda:0, whatever --device says.
+    module = create_feature_extractor(name, layers, cuda=False, **kwargs).to(device)
     if opts["channels_last"]:
         module = module.to(memory_format=torch.channels_last)
     return Extractor(module, name, sha, source, logits, device, opts["channels_last"])
@@ -406,7 +407,8 @@ def reference_stats(ref: str, backend: Backend, extractor: Extractor, opts: dict
     blocks = path.with_suffix(".partial")
     feats = _extract_in_blocks(images.images, backend, extractor, opts["batch_size"], f"reference {ref}", blocks)
     stats = {**statistics(feats), "features": feats, "labels": images.labels,
-             "protocol": {**_protocol_id(backend, extractor), "reference": ref, "reference_size": len(images)}}
+             "protocol": {**_protocol_id(backend, extractor), "reference": ref, "reference_size": len(images),
+                          "precision": precision(extractor.device)}}
     _write_stats(path, stats)
     shutil.rmtree(blocks)
     return stats
@@ -517,10 +519,11 @@ def score(samples: str | os.PathLike, **options: Any) -> dict[str, Any]:
         result["fid_per_class"] = _per_class_fid(backend, images, feats, ref)
     protocol = {**_protocol_id(backend, extractor), "engine_version": backend.version(),
                 "extractor_weights": extractor.weights_source, "samples": images.name, "num_samples": len(images),
-                "seed": opts["seed"], "channels_last": opts["channels_last"]}
+                "seed": opts["seed"], "channels_last": opts["channels_last"], "precision": precision(extractor.device)}
     if ref is not None:
         protocol.update(reference=ref["protocol"].get("reference", opts["ref"]),
-                        reference_size=ref["protocol"].get("reference_size"))
+                        reference_size=ref["protocol"].get("reference_size"),
+                        reference_precision=ref["protocol"].get("precision"))
     return {**result, "protocol": protocol}
 
 

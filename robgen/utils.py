@@ -49,6 +49,15 @@ def open_image(path: str | os.PathLike, mode: str | None = None) -> Image.Image:
                           ) from None
 
 
+def precision(device: torch.device, autocast: str = "off") -> dict:
+    """How a run computes on `device`, saved beside its results: the model's autocast dtype (bf16 | fp16 | off) and,
+    on CUDA, whether fp32 matmuls and convolutions may use TF32 (torch's defaults: matmul no, cuDNN yes)."""
+    record = {"device": device.type, "autocast": autocast, "torch": torch.__version__}
+    if device.type == "cuda":
+        record.update(tf32_matmul=torch.backends.cuda.matmul.allow_tf32, tf32_cudnn=torch.backends.cudnn.allow_tf32)
+    return record
+
+
 def cache_dir(*parts: str) -> Path:
     """ROBGEN_CACHE (default ~/.cache/robgen), created on demand; never inside the installed package."""
     root = Path(os.environ.get("ROBGEN_CACHE", Path.home() / ".cache" / "robgen")).expanduser()

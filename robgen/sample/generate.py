@@ -18,7 +18,6 @@ import functools
 import hashlib
 import json
 import math
-import os
 import re
 import shutil
 import time
@@ -31,12 +30,12 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .. import checks
+from .. import checks, distributed
 from .. import energy as energies
 from ..errors import RobgenError
 from ..models import Classifier
 from ..outputs import LOCK_NAME, FolderLock
-from ..utils import atomic_path, atomic_write_text, read_json, resolve_device
+from ..utils import atomic_path, atomic_write_text, precision, read_json
 from . import starts as st
 from .samplers import SAMPLERS, SamplerConfig, descend
 
@@ -73,18 +72,6 @@ def chunk_seed(seed: int, chunk: int) -> int:
 
 def class_folder(index: int, name: str) -> str:
     return f"{index:02d}_{re.sub(r'[^A-Za-z0-9_.-]+', '-', name)}"
-
-
-def _dist(device: torch.device) -> tuple[int, int]:
-    """(rank, world size), starting the process group when launched by torchrun."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _rank0_first(fn: Callable, rank: int, world: int, others_too: bool = True):
@@ -255,6 +242,7 @@ def _plot_track(path: Path, track: dict[str, list[float]]) -> None:
     plt.close(fig)
 
 
+@distributed.ends_group
 @_releasing_locks
 def sample(
     ckpt: str | Path | None = None,
@@ -298,9 +286,7 @@ def sample(
         raise RobgenError(f"no default checkpoint: {DEFAULT_CHECKPOINT} is not shipped with this install yet; "
                           "pass --ckpt FILE")
     ckpt_path = resolve_checkpoint(ckpt)
-    dev = resolve_device(device)
-    if dev.type == "cuda" and device in (None, "auto") and "LOCAL_RANK" in os.environ:
-        dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    rank, world, dev = distributed.setup(device)
     model = load_classifier(ckpt_path, dev)
     model.requires_grad_(False)
     meta = model.meta
@@ -329,7 +315,6 @@ def sample(
                         alpha, norm, eps)
     if init in ("pca", "mix") and not 0 < retained <= 1:
         raise RobgenError(f"--retained must be in (0, 1], got {retained}")
-    rank, world = _dist(dev)
     sha = checkpoint_id(ckpt_path)["sha256"]
     fit, fit_source = _rank0_first(lambda: st.resolve_fit(
         init, model=model, ckpt_path=ckpt_path, checkpoint_sha256=sha, start_stats=start_stats, data=data,
@@ -378,6 +363,7 @@ def sample(
         "format": FORMAT, "checkpoint": {"path": str(ckpt_path), "sha256": sha}, "settings": settings,
         "start_source": fit_source, "class_names": meta.class_names, "n_images": len(labels),
         "classes": result["classes"], "device": str(dev), "world_size": world, "seconds": seconds,
+        "precision": precision(dev, "bf16" if bf16 else "off"),
         "chunks": {"total": n_chunks, "computed_by_rank0": computed, "reused_by_rank0": len(mine) - computed},
     }
     if track:

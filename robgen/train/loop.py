@@ -9,11 +9,10 @@ every epoch start, so resuming at an epoch boundary gives bit-identical results 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import math
-import os
 import pickle
+import random
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -24,9 +23,10 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data._utils.worker import _generate_state  # how torch seeds NumPy in a new worker
 from tqdm import tqdm
 
-from .. import checks, energy
+from .. import checks, distributed, energy
 from ..attacks import AttackSpec, check_radius
 from ..data import train_val_split
 from ..errors import RobgenError
@@ -35,7 +35,7 @@ from ..evaluate import collect_energies, summarize
 from ..models import Classifier, ModelMeta, build_classifier
 from ..models.checkpoint import save_classifier
 from ..registry import Registry
-from ..utils import atomic_path, atomic_write_text, read_json, resolve_device
+from ..utils import atomic_path, atomic_write_text, precision, read_json
 from .losses import LOSSES, Loss, adversarial, batch_loss
 
 # The paper's recipe for CIFAR-10 (PAPER.md section 3). Every key is part of a run's identity: --resume refuses a
@@ -178,6 +178,72 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
+# Batches between the host's checks for a non-finite loss (each check waits for the device).
+CHECK_EVERY = 50
+
+
+def worker_base_seed(seed: int) -> int:
+    """The base seed a DataLoader started afresh with a generator seeded `seed` gives its workers."""
+    return int(torch.empty((), dtype=torch.int64).random_(generator=torch.Generator().manual_seed(seed)).item())
+
+
+class _EpochIndices(torch.utils.data.Sampler):
+    """The sampler's indices, each paired with this epoch's worker base seed."""
+
+    def __init__(self, sampler: DistributedSampler):
+        self.sampler, self.base_seed = sampler, 0
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        return ((self.base_seed, index) for index in self.sampler)
+
+
+class _Seeded(torch.utils.data.Dataset):
+    """Items fetched by (base seed, index). A persistent worker re-seeds itself at its first item of each epoch as a
+    worker started afresh that epoch would (torch's worker seeding), so it augments the same images the same way as
+    when loaders were rebuilt every epoch: kept workers change no bytes, and resume stays exact."""
+
+    def __init__(self, data):
+        self.data, self.base_seed = data, None
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, item):
+        base_seed, index = item
+        info = torch.utils.data.get_worker_info()
+        if info is not None and base_seed != self.base_seed:
+            self.base_seed = base_seed
+            random.seed(base_seed + info.id)
+            torch.manual_seed(base_seed + info.id)
+            np.random.seed(_generate_state(base_seed, info.id))
+        return self.data[index]
+
+
+def _check_finite(bad: Tensor, bad_value: Tensor, world: int, epoch: int, out: Path) -> None:
+    """Stop every rank when one has seen a non-finite loss (bad: its first such batch, 0 for none)."""
+    never = torch.iinfo(torch.int64).max
+    first = torch.where(bad > 0, bad, never)
+    if world > 1:
+        dist.all_reduce(first, dist.ReduceOp.MIN)
+    batch = int(first.item())
+    if batch == never:
+        return
+    value = bad_value.item() if int(bad.item()) == batch else "non-finite on another rank"
+    kept = f"the last good checkpoint (epoch {epoch - 1}) is kept in {out}" if epoch > 1 else "no checkpoint was written"
+    raise RobgenError(f"loss became {value} at epoch {epoch}, batch {batch}; stopped, {kept}; lower --lr or check the data")
+
+
+def _load_scaler(scaler: torch.amp.GradScaler, saved: dict, log: Callable[[str], None]) -> None:
+    """A run that had no fp16 scaler (on CPU, or bf16) saved an empty state: an fp16 CUDA resume starts a fresh one."""
+    if scaler.is_enabled() and not saved:
+        log("state.pt holds no fp16 loss-scaler state (the run so far computed without one): starting a fresh scale")
+        return
+    scaler.load_state_dict(saved)
+
+
 def train_step(
     model: Classifier,
     outer: nn.Module,
@@ -210,21 +276,6 @@ def train_step(
         value.backward()
         optimizer.step()
     return value.detach(), weights, clean.float(), adv.float()
-
-
-def _setup_distributed(device: str | None) -> tuple[int, int, torch.device]:
-    """(rank, world size, device); under torchrun, joins the process group (NCCL on CUDA, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    dev = resolve_device(device)
-    if world == 1:
-        return 0, 1, dev
-    if dev.type == "cuda":
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(dev)
-    if not dist.is_initialized():
-        # Rank 0 evaluates alone after each epoch while the others wait: allow for a long evaluation.
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=1))
-    return dist.get_rank(), dist.get_world_size(), dev
 
 
 def _prepare_out(out: Path, config: dict, resume: bool, overwrite: bool, writer: bool) -> dict | None:
@@ -306,13 +357,18 @@ def train(
     out = Path(out)
     if resume and read_config(out) is None:  # else the run would start afresh from whatever recipe was passed
         raise RobgenError(f"--resume: {out} holds no run to resume (no config.json); drop --resume to start one")
-    rank, world, dev = _setup_distributed(device)
+    rank, world, dev = distributed.setup(device)
+    benchmark = torch.backends.cudnn.benchmark
+    # Every step has the same shapes: let cuDNN time its algorithms once (CUDA training is not bitwise repeatable
+    # anyway: cuDNN's weight gradients add in a varying order).
+    torch.backends.cudnn.benchmark = benchmark or dev.type == "cuda"
     try:
-        return _train(config, out, rank, world, dev, resume, overwrite, workers, compile, stop_after, progress, log)
+        result = _train(config, out, rank, world, dev, resume, overwrite, workers, compile, stop_after, progress, log)
     finally:
-        if world > 1:
-            dist.barrier()
-            dist.destroy_process_group()
+        torch.backends.cudnn.benchmark = benchmark
+    # An error propagates without the final barrier (see robgen.distributed): torchrun then ends the other ranks.
+    distributed.teardown()
+    return result
 
 
 def _train(config, out, rank, world, dev, resume, overwrite, workers, compile, stop_after, progress, log) -> dict:
@@ -351,25 +407,40 @@ def _train(config, out, rank, world, dev, resume, overwrite, workers, compile, s
     steps_per_epoch = len(sampler) // per_rank
     scheduler = SCHEDULES.get(config["schedule"])(optimizer, config, config["epochs"] * steps_per_epoch)
     use_amp = cuda and config["amp"] != "off"
+    # fp16: the scaler guards the outer loss's parameter gradients; the inner attacks need none, since they run in
+    # fp32 with autocast off (robgen.attacks.pgd), so their input gradients cannot underflow.
     scaler = torch.amp.GradScaler("cuda", enabled=cuda and config["amp"] == "fp16")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16 if config["amp"] == "bf16" else torch.float16, enabled=use_amp)
+    session = {**precision(dev, config["amp"] if use_amp else "off"), "attacks": "fp32 (autocast off)",
+               "cudnn_benchmark": cuda}
 
     start, best, history = 1, {"epoch": 0, "val_robust_acc": -1.0}, []
     if state is not None:
         model.net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        _load_scaler(scaler, state["scaler"], log)
         start, best = state["epoch"] + 1, {"epoch": state["best_epoch"], "val_robust_acc": state["best_robust_acc"]}
         # Lines past the committed epoch come from an epoch that was killed before state.pt was written.
         lines = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").is_file() else []
         history = [ln for ln in lines if ln.strip() and json.loads(ln)["epoch"] <= state["epoch"]]
     if writer:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+        # "precision" is metadata, not identity (make_config and --resume read only the recipe's keys): one entry
+        # per session that computed differently, e.g. a CPU run resumed on a GPU.
+        saved = (read_config(out) or {}).get("precision") or [] if state is not None else []
+        sessions = [p for p in saved if p["from_epoch"] < start]
+        if not sessions or {k: v for k, v in sessions[-1].items() if k != "from_epoch"} != session:
+            sessions.append({"from_epoch": start, **session})
+        atomic_write_text(out / "config.json", json.dumps({**config, "precision": sessions}, indent=2, sort_keys=True) + "\n")
 
     fast = torch.compile(model) if compile and cuda else model
-    outer = DistributedDataParallel(model, device_ids=[dev] if cuda else None) if world > 1 else model
+    # broadcast_buffers=False: the outer losses with a clean and an adversarial forward before one backward (weat-*,
+    # trades, mart) crash at that backward on torch < 2.12 ("modified by an inplace operation", pytorch#175024): DDP
+    # copies rank 0's BatchNorm buffers in place at each forward, over the running stats the first forward saved.
+    # Each rank updates its own running stats instead; they are made rank 0's again at every epoch end.
+    # BatchNorm is per rank (no SyncBatchNorm): it normalises batch_size / world images per step.
+    outer = DistributedDataParallel(model, device_ids=[dev] if cuda else None, broadcast_buffers=False) if world > 1 else model
     outer = torch.compile(outer) if compile and cuda else outer
     val_attack = AttackSpec(
         "pgd", eps=config["eps"], step_size=config["eps"] / 4, steps=config["val_attack_steps"], norm=config["norm"],
@@ -381,22 +452,31 @@ def _train(config, out, rank, world, dev, resume, overwrite, workers, compile, s
         f"{config['arch']}, recipe {config['recipe']}: {config['epochs']} epochs x {steps_per_epoch} steps of "
         f"{config['batch_size']}, lr {config['lr']} {config['schedule']}, attack {config['attack_steps']} x "
         f"{config['step_size']:.4f} in {config['norm']} eps {config['eps']:.4f}, beta {config['beta']}; {dev}"
-        + (f" x {world} processes" if world > 1 else "") + f" -> {out}"
+        + (f" x {world} processes (BatchNorm per rank: {per_rank} images)" if world > 1 else "") + f" -> {out}"
     )
     last = json.loads(history[-1]) if history else None
     end = config["epochs"] if stop_after is None else min(config["epochs"], start - 1 + stop_after)
+    # One loader for the whole run: its workers persist across epochs and re-seed themselves per epoch (_Seeded).
+    indices = _EpochIndices(sampler)
+    loader = DataLoader(
+        _Seeded(train_data), batch_size=per_rank, sampler=indices, num_workers=workers, drop_last=True,
+        generator=torch.Generator(), pin_memory=cuda, persistent_workers=workers > 0,
+    )
     for epoch in range(start, end + 1):
         seed = epoch_seed(config["seed"], epoch, rank)
-        torch.manual_seed(seed)  # augmentation in the main process (workers are seeded by the loader's generator)
-        generator = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)  # augmentation in the main process (workers=0)
+        # Attack starts: a CPU generator on CPU (the bytes of every CPU run), a CUDA one on CUDA (no host draw and
+        # copy per step; the same seed then repeats a run on the same GPU model and torch build).
+        generator = torch.Generator(dev).manual_seed(seed) if cuda else torch.Generator().manual_seed(seed)
         sampler.set_epoch(epoch)
-        loader = DataLoader(
-            train_data, batch_size=per_rank, sampler=sampler, num_workers=workers, drop_last=True,
-            generator=torch.Generator().manual_seed(seed), pin_memory=cuda,
-        )
+        indices.base_seed = worker_base_seed(seed)
         totals = torch.zeros(8, device=dev, dtype=torch.float64)
         wmin = torch.full((), math.inf, device=dev)
         wmax = torch.full((), -math.inf, device=dev)
+        # The first non-finite loss (batch index, value), kept on the device: the host looks every CHECK_EVERY
+        # batches and at the epoch's end instead of waiting for the device after each step.
+        bad = torch.zeros((), dtype=torch.int64, device=dev)
+        bad_value = torch.zeros((), device=dev)
         lr = scheduler.get_last_lr()[0]
         began = time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch}/{config['epochs']}", unit="batch", disable=not (progress and writer), leave=False)
@@ -407,25 +487,27 @@ def _train(config, out, rank, world, dev, resume, overwrite, workers, compile, s
                 fast, outer, optimizer, loss, x, y, config, generator=generator, scaler=scaler, autocast=autocast
             )
             scheduler.step()
-            bad = (~torch.isfinite(value)).float()
-            if world > 1:  # all ranks stop together
-                dist.all_reduce(bad)
-            if bad.item():
-                kept = f"the last good checkpoint (epoch {epoch - 1}) is kept in {out}" if epoch > 1 else "no checkpoint was written"
-                raise RobgenError(f"loss became {value.item()} at epoch {epoch}, batch {i}; stopped, {kept}; lower --lr or check the data")
+            first = (bad == 0) & ~torch.isfinite(value)
+            bad = torch.where(first, i, bad)
+            bad_value = torch.where(first, value.float(), bad_value)
+            if i % CHECK_EVERY == 0 or i == steps_per_epoch:
+                _check_finite(bad, bad_value, world, epoch, out)
             e_c, e_a = energy.marginal_energy(clean), energy.marginal_energy(adv)
             ey_c, ey_a = energy.joint_energy(clean, y), energy.joint_energy(adv, y)
             w = weights.detach().float() if weights is not None else torch.zeros_like(e_c)
             totals += torch.stack([
-                torch.tensor(float(len(y)), device=dev), value.float() * len(y), e_c.sum(), e_a.sum(),
+                torch.full((), float(len(y)), device=dev), value.float() * len(y), e_c.sum(), e_a.sum(),
                 ey_c.sum(), ey_a.sum(), w.sum(), (w * w).sum(),
             ]).double()
             wmin, wmax = torch.minimum(wmin, w.min()), torch.maximum(wmax, w.max())
-            bar.set_postfix(loss=f"{value.item():.4f}", img_s=f"{i * config['batch_size'] / (time.perf_counter() - began):.0f}")
+            if not bar.disable and (i == 1 or i % CHECK_EVERY == 0):
+                bar.set_postfix(loss=f"{value.item():.4f}", img_s=f"{i * config['batch_size'] / (time.perf_counter() - began):.0f}")
         if world > 1:
             dist.all_reduce(totals)
             dist.all_reduce(wmin, dist.ReduceOp.MIN)
             dist.all_reduce(wmax, dist.ReduceOp.MAX)
+            for buffer in model.buffers():  # rank 0's BatchNorm statistics on every rank: what it saves and evaluates
+                dist.broadcast(buffer, 0)
         seconds = time.perf_counter() - began
         train_metrics = _epoch_metrics(totals, wmin, wmax, weights is not None)
         if not writer:
