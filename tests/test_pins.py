@@ -330,10 +330,20 @@ def test_robust_accuracy_and_energies_of_an_attack_with_a_known_outcome():
     assert broken["E_adv"] == pytest.approx(-math.log(2 * math.cosh(d_adv)), abs=1e-5)
     assert broken["dE"] == pytest.approx(broken["E_clean"] - broken["E_adv"], abs=1e-6)
     assert broken["dEy"] == pytest.approx(broken["Ey_clean"] - broken["Ey_adv"], abs=1e-6)
+    assert broken["attack"] == {"name": "pgd20", **ATTACKS.get("pgd20").settings()} and broken["n"] == 8
+    assert isinstance(broken["seconds"], float) and 0 <= broken["seconds"] < 60
     held = evaluate(model, data, ATTACKS.get("pgd20").replace(eps=0.005), batch_size=3, workers=0, progress=False)
     assert (held["clean_acc"], held["robust_acc"]) == (100.0, 100.0)
+    assert held["attack"]["name"] == "pgd" and held["attack"]["eps"] == 0.005
+    assert ATTACKS.get("none").settings() == {"method": "none"}
     none = evaluate(model, data, "none", workers=0, progress=False)
     assert none["robust_acc"] == none["clean_acc"] == 100.0 and none["dE"] == 0.0
+
+
+def test_evaluate_draws_its_attack_starts_from_its_seed(model_and_batch):
+    model, x, y = model_and_batch
+    runs = [evaluate(model, TensorDataset(x, y), "pgd10", seed=s, workers=0, progress=False)["E_adv"] for s in (0, 0, 1)]
+    assert runs[0] == runs[1] != runs[2]
 
 
 def test_collected_kl_is_the_kl_of_the_two_predictions():
