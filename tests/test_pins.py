@@ -14,7 +14,7 @@ from torch.utils.data import TensorDataset
 
 from conftest import write_image_folder
 from test_attacks import model_and_batch  # noqa: F401 - the fixture: a 10-class cnn-tiny and 16 images
-from robgen import energy
+from robgen import RobgenError, energy
 from robgen import attacks as attacks_module
 from robgen.attacks import ATTACKS, AttackSpec, project, random_start, random_targets, run_attack
 from robgen.evaluate import collect_energies, evaluate
@@ -146,6 +146,11 @@ def test_start_fit_holds_the_class_mean_and_the_singular_values_of_its_images(tm
         torch.testing.assert_close(fit.singular_values(c, 5), singular, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(fit.basis[c] @ fit.basis[c].T, torch.eye(5), rtol=0, atol=1e-4)
     assert fit.count.tolist() == [6.0, 6.0, 6.0]
+    from robgen.sample.starts import _checked
+
+    four = build_classifier(ModelMeta("cnn-tiny", 4, (3, 4, 4)))
+    with pytest.raises(RobgenError, match=r"is for 3 classes of shape \(3, 4, 4\), but the model takes 4 classes"):
+        _checked(fit, four, "fit.safetensors")
 
 
 # ---------------------------------------------------------------- the sample run
@@ -243,6 +248,8 @@ def test_targeted_attacks_never_target_the_true_class(model_and_batch, monkeypat
     x_adv = run_attack("pgd-targeted", model, x, y, num_classes=10, generator=torch.Generator().manual_seed(0))
     (target, kwargs), = seen
     assert (target != y).all() and kwargs["targeted"]
+    again = random_targets(y, 10, torch.Generator().manual_seed(0))
+    assert torch.equal(random_targets(y, 10, torch.Generator().manual_seed(0)), again)  # drawn from the seed
     with torch.no_grad():  # descending CE to a wrong class raises the CE of the true one
         assert energy.cross_entropy(model(x_adv), y).mean() > energy.cross_entropy(model(x), y).mean()
 
