@@ -384,3 +384,29 @@ def test_per_epoch_validation_attack_and_train_dE_sign(tmp_path, monkeypatch):
     totals = torch.tensor([2.0, 1.0, -2.0, -6.0, 0.0, 2.0, 0.0, 0.0], dtype=torch.float64)
     m = loop._epoch_metrics(totals, torch.tensor(0.0), torch.tensor(0.0), False)
     assert (m["train_E_clean"], m["train_E_adv"], m["train_dE"], m["train_dEy"]) == (-1.0, -3.0, 2.0, -1.0)
+
+
+def test_the_training_attack_is_the_losss_own_attack(model_and_batch, monkeypatch):
+    from robgen.train import losses
+
+    model, x, y = model_and_batch
+    seen = []
+    real = losses.pgd
+    monkeypatch.setattr(losses, "pgd", lambda m, x_, y_, **k: seen.append(k) or real(m, x_, y_, **k))
+    for name in ("sat", "trades", "mart"):
+        seen.clear()
+        loss = LOSSES.get(name)
+        _, clean = adversarial(model, x, y, loss, eps=EPS, step_size=EPS / 2, steps=2, generator=torch.Generator())
+        (k,) = seen
+        assert (k["objective"], k["start"], k["steps"], k["eps"], k["step_size"]) == (loss.objective, loss.start, 2, EPS, EPS / 2)
+        assert k["clean_logits"] is clean and k["norm"] == "linf" and not k.get("targeted")
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"steps": 0}, "--steps must be positive"), ({"step_size": 0.0}, "--step-size must be positive"),
+    ({"noise": -0.1}, "--noise must be >= 0"), ({"momentum": 1.0}, r"--momentum must be in \[0, 1\)"),
+    ({"norm": "l1"}, "unknown norm 'l1'"), ({"eps": 0.0}, "--eps must be positive"),
+])
+def test_sampler_settings_out_of_range_are_one_line_errors(bad, message):
+    with pytest.raises(RobgenError, match=message):
+        SamplerConfig(**{"steps": 1, "step_size": 0.1, **bad})
