@@ -29,7 +29,8 @@ def collect_energies(
     """Per-sample labels, predictions and energies for clean inputs x and their adversarial x* (model in eval mode).
 
     Keys: y, pred_clean, pred_adv, E_clean, E_adv (marginal), Ey_clean, Ey_adv (joint, at the true label),
-    kl_conditional (the TRADES KL's conditional term), kl (KL(p(.|x) || p(.|x*)), the conditional term plus dE(x)).
+    kl_conditional (the TRADES KL's conditional term), kl (KL(p(.|x) || p(.|x*)), computed directly, so that its
+    split into the conditional term plus dE(x) is checked rather than assumed).
     """
     spec = ATTACKS.get(attack) if isinstance(attack, str) else attack
     checks.integer("--batch-size", batch_size)
@@ -47,7 +48,7 @@ def collect_energies(
         x_adv = run_attack(spec, model, x, y, num_classes=model.num_classes, generator=generator, clean_logits=clean)
         with torch.no_grad():
             adv = clean if spec.method == "none" else model(x_adv)  # "none" leaves x as it is: no second forward
-        conditional, delta = energy.trades_kl_terms(clean, adv)
+        conditional, _ = energy.trades_kl_terms(clean, adv)
         rows = {
             "y": y,
             "pred_clean": clean.argmax(1),
@@ -57,7 +58,7 @@ def collect_energies(
             "Ey_clean": energy.joint_energy(clean, y),
             "Ey_adv": energy.joint_energy(adv, y),
             "kl_conditional": conditional,
-            "kl": conditional + delta,
+            "kl": energy.trades_kl(clean, adv),
         }
         for key, value in rows.items():
             out.setdefault(key, []).append(value.detach().float().cpu() if value.is_floating_point() else value.cpu())

@@ -35,10 +35,36 @@ def test_eval_on_mismatched_data_is_one_line(ckpt, tmp_path):
     assert result.output.strip().count("\n") == 0 and "expects 3 classes of shape (3, 32, 32)" in result.output
 
 
-def test_info_checks_weights(ckpt):
+def test_info_checks_weights(ckpt, tmp_path):
     result = run("info", "--ckpt", ckpt, "--json")
     info = json.loads(result.stdout)
-    assert info["arch"] == "cnn-tiny" and info["weights_match_architecture"] and info["parameters"] > 0
+    model = load_classifier(ckpt)
+    assert info["arch"] == "cnn-tiny" and info["weights_match_architecture"]
+    assert info["parameters"] == sum(p.numel() for p in model.net.parameters())
+    # Weights of a 5-class head under metadata that says 3 classes: info refuses them, naming the tensor.
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from robgen.models import ModelMeta, build_classifier
+
+    wrong = build_classifier(ModelMeta("cnn-tiny", 5)).net.state_dict()
+    with safe_open(str(ckpt), framework="pt") as f:
+        header = f.metadata()
+    save_file({k: v.contiguous() for k, v in wrong.items()}, str(tmp_path / "bad.safetensors"), metadata=header)
+    bad = run("info", "--ckpt", tmp_path / "bad.safetensors", "--json")
+    assert bad.exit_code == 1 and bad.output.count("\n") == 1
+    assert "'linear.weight' has shape (5, 16), expected (3, 16)" in bad.output
+
+
+def test_eval_reports_the_robust_accuracy_of_the_adversarial_predictions(monkeypatch):
+    # A model and data with a known outcome (test_pins): every image is classified right, and PGD-20 flips all.
+    from test_pins import brightness_data, mean_pixel_model
+
+    monkeypatch.setattr("robgen.cli.load_model_and_data", lambda *a: (mean_pixel_model(), brightness_data(0.01), "toy"))
+    report = json.loads(run("eval", "--attack", "pgd20", "--device", "cpu", "--json").stdout)
+    assert (report["clean_acc"], report["robust_acc"], report["n"]) == (100.0, 0.0, 8)
+    text = run("eval", "--attack", "pgd20", "--device", "cpu").output
+    assert "clean accuracy   100.00%" in text and "robust accuracy  0.00%" in text
 
 
 def test_import_converts_and_refuses_to_overwrite(ckpt, tmp_path):

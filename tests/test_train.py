@@ -105,6 +105,11 @@ def test_training_improves_accuracy_and_writes_the_telemetry_contract(colours, t
 
     model = load_classifier(out / "best.safetensors")
     assert model.meta.recipe["loss"] == "weat-adv" and model.meta.class_names == sorted(COLOURS)
+    # The recipe records what ran and no machine path; config.json keeps the path that --resume needs.
+    folder = colours.removeprefix("folder:")
+    assert model.meta.recipe["data"] == f"folder:{Path(folder).name}" and folder not in json.dumps(model.meta.recipe)
+    assert (model.meta.recipe["device"], model.meta.recipe["precision"]) == ("cpu", "fp32")
+    assert json.loads((out / "config.json").read_text())["data"] == colours
     assert model.meta.metrics["val_robust_acc"] == max(m["val_robust_acc"] for m in lines)
     state = torch.load(out / "state.pt", weights_only=True)
     assert state["epoch"] == 4 and {"optimizer", "scheduler", "scaler"} <= set(state)
@@ -210,3 +215,14 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(colours, tmp_path, mo
         run(config, out, resume=True)
     assert (out / "last.safetensors").read_bytes() == good
     assert torch.load(out / "state.pt", weights_only=True)["epoch"] == 1
+
+
+def test_recorded_recipe_names_the_precision_that_ran():
+    from robgen.train.loop import recorded_recipe
+
+    config = make_config(data="folder:/some/machine/c10")
+    assert recorded_recipe(config, torch.device("cuda"))["precision"] == "bf16"
+    assert recorded_recipe({**config, "amp": "off"}, torch.device("cuda"))["precision"] == "fp32"
+    on_cpu = recorded_recipe(config, torch.device("cpu"))
+    assert (on_cpu["data"], on_cpu["device"], on_cpu["precision"]) == ("folder:c10", "cpu", "fp32")
+    assert recorded_recipe(make_config(), torch.device("cpu"))["data"] == "cifar10"

@@ -131,6 +131,19 @@ def make_config(recipe: str | None = None, base: dict | None = None, **overrides
     return config
 
 
+def recorded_recipe(config: dict, device: torch.device) -> dict:
+    """The recipe as checkpoint metadata records it: no machine paths (a folder dataset keeps only its folder's
+    name; config.json in the run folder keeps the full path for --resume) and what actually ran: the device type
+    and the precision of the training forward passes (autocast is CUDA only; attacks always run in fp32)."""
+    recipe = dict(config)
+    kind, _, path = str(recipe["data"]).partition(":")
+    if kind == "folder" and path:
+        recipe["data"] = f"folder:{Path(path).name}"
+    recipe["device"] = device.type
+    recipe["precision"] = config["amp"] if device.type == "cuda" and config["amp"] != "off" else "fp32"
+    return recipe
+
+
 def _validate(c: dict) -> None:
     LOSSES.get(c["loss"])
     SCHEDULES.get(c["schedule"])
@@ -395,7 +408,7 @@ def _train(config, out, rank, world, dev, resume, overwrite, workers, compile, s
     torch.manual_seed(config["seed"])
     meta = ModelMeta(
         arch=config["arch"], num_classes=spec.num_classes, input_shape=spec.input_shape, mean=spec.mean, std=spec.std,
-        class_names=spec.class_names or [], dataset=spec.name, recipe=dict(config),
+        class_names=spec.class_names or [], dataset=spec.name, recipe=recorded_recipe(config, dev),
     )
     # channels_last on CPU too: 1.15x faster for airnet on one thread (and what cuDNN prefers).
     model = build_classifier(meta).to(dev).to(memory_format=torch.channels_last)
