@@ -360,8 +360,9 @@ def statistics(features: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _protocol_id(backend: Backend, extractor: Extractor) -> dict[str, Any]:
+    # The layout is part of the identity: --no-channels-last must not reuse features cached with channels_last.
     return {"engine": backend.name, "resize": backend.resize, "extractor": extractor.name,
-            "extractor_weights_sha256": extractor.weights_sha256}
+            "extractor_weights_sha256": extractor.weights_sha256, "channels_last": extractor.channels_last}
 
 
 def _read_stats(path: Path) -> dict[str, Any]:
