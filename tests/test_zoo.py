@@ -213,7 +213,7 @@ def test_import_saves_a_users_module_as_a_robgen_checkpoint(tmp_path, folder):
     assert r.exit_code == 0, r.output
     x = torch.rand(2, 3, 32, 32)
     assert torch.equal(load_classifier(tmp_path / "user.safetensors")(x), net.eval()(x))
-    one_line_error(invoke("import", tmp_path / "user.pt", "--arch", "os:getcwd", "--out", tmp_path / "o.safetensors"),
-                   "is not an nn.Module class")
+    for arch, why in (("robgen.zoo:parse", "is not an nn.Module class"), ("antigravity:Fly", "standard-library")):
+        one_line_error(invoke("import", tmp_path / "user.pt", "--arch", arch, "--out", tmp_path / "o.safetensors"), why)
     one_line_error(invoke("import", tmp_path / "user.pt", "--arch", "no_such_pkg:Net", "--out", tmp_path / "o.safetensors"),
                    "cannot be imported")

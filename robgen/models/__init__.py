@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -128,9 +129,12 @@ class Classifier(nn.Module):
 
 
 def python_arch(arch: str) -> nn.Module:
-    """The network of an "importable.module:Class" architecture. Only nn.Module classes are built (with no
-    arguments), so a checkpoint's metadata can name code that is installed here, never call arbitrary functions."""
+    """The network of an "importable.module:Class" architecture. Only nn.Module classes outside the standard library
+    are built (with no arguments): a checkpoint's metadata can pick installed model code, never call arbitrary
+    functions or import a standard module for its side effects."""
     module_name, _, attr = arch.partition(":")
+    if module_name.partition(".")[0] in sys.stdlib_module_names:
+        raise RobgenError(f"architecture {arch!r} names a standard-library module, not model code")
     try:
         obj = importlib.import_module(module_name)
         for part in attr.split("."):

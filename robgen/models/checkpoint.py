@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import tarfile
 import zipfile
 from importlib import resources
 from pathlib import Path
@@ -132,6 +133,9 @@ def safe_torch_load(path: Path):
         magic = f.read(4)
     # torch.save writes a zip archive (PK..) or, in the legacy format, a pickle (protocol byte 0x80).
     if not (magic.startswith(b"PK") or magic.startswith(b"\x80")):
+        if tarfile.is_tarfile(path):  # torch's legacy format can only be read by unpickling arbitrary objects
+            raise RobgenError(f"{path} is in torch's legacy .tar format, which weights_only loading refuses; load it "
+                              "where you trust it and re-save its state_dict with torch.save")
         hint = " (it looks like an HTML page: a failed download?)" if magic.lstrip()[:1] == b"<" else ""
         raise RobgenError(f"{path} is not a PyTorch checkpoint{hint}")
     try:
