@@ -179,7 +179,10 @@ def attack_energies(
     report = {
         "n": len(data),
         "seed": seed,
-        "attacks": {name: {"spec": vars(specs[name]), **attack_engine(specs[name]), **attack_summary(name, r)} for name, r in rows.items()},
+        "attacks": {
+            name: {"spec": vars(specs[name]), **attack_engine(specs[name]), **attack_summary(name, r)}
+            for name, r in rows.items()
+        },
         "skipped": skipped,
     }
     return report, rows

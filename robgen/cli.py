@@ -66,8 +66,9 @@ def floats(text: str) -> tuple[float, ...]:
 
 
 ckpt_option = click.option(
-    "--ckpt", default=None, help="robgen checkpoint (.safetensors), shipped name, or robustbench:MODEL[:DATASET[:THREAT]] "
-    "(a RobustBench zoo model, downloaded once into the cache; needs robgen[zoo]); default: the shipped default"
+    "--ckpt", default=None, help="robgen checkpoint (.safetensors), shipped name, or "
+    "robustbench:MODEL[:DATASET[:THREAT]] (a RobustBench zoo model, downloaded once into the cache; needs robgen[zoo]); "
+    "default: the shipped default"
 )
 data_root_option = click.option("--data-root", default=None, help="dataset root (default: $ROBGEN_DATA or ./data)")
 download_option = click.option("--download", is_flag=True, help="download torchvision datasets (needs internet)")

@@ -104,7 +104,8 @@ def test_a_zoo_model_by_name_keeps_its_architecture_and_the_served_weights(drive
 
 def test_sample_survey_and_info_take_zoo_models(drive, tmp_path):
     drive.serve(PREACT, {"last": zoo_weights(PREACT, 1)})
-    drive.serve(FAST, {"state_dict": {f"module.{k}": v for k, v in zoo_weights(FAST, 3).items() if k not in ("mu", "sigma")}})
+    fast = {f"module.{k}": v for k, v in zoo_weights(FAST, 3).items() if k not in ("mu", "sigma")}
+    drive.serve(FAST, {"state_dict": fast})
     r = invoke("sample", "--ckpt", f"robustbench:{PREACT}", "--class", "3", "-n", "2", "--steps", "2", "--init",
                "uniform", "--out", tmp_path / "s", "--json")
     assert r.exit_code == 0, r.output
@@ -215,5 +216,5 @@ def test_import_saves_a_users_module_as_a_robgen_checkpoint(tmp_path, folder):
     assert torch.equal(load_classifier(tmp_path / "user.safetensors")(x), net.eval()(x))
     for arch, why in (("robgen.zoo:parse", "is not an nn.Module class"), ("antigravity:Fly", "standard-library")):
         one_line_error(invoke("import", tmp_path / "user.pt", "--arch", arch, "--out", tmp_path / "o.safetensors"), why)
-    one_line_error(invoke("import", tmp_path / "user.pt", "--arch", "no_such_pkg:Net", "--out", tmp_path / "o.safetensors"),
-                   "cannot be imported")
+    missing = invoke("import", tmp_path / "user.pt", "--arch", "no_such_pkg:Net", "--out", tmp_path / "o.safetensors")
+    one_line_error(missing, "cannot be imported")
