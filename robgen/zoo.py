@@ -9,7 +9,6 @@ Offline, a downloaded weights file saved as `<cache>/robustbench/<dataset>/<thre
 from __future__ import annotations
 
 import difflib
-import importlib
 import importlib.metadata
 import importlib.util
 import sys
@@ -46,10 +45,6 @@ def parse(spec: str) -> tuple[str, str, str]:
     if threat.lower() not in canonical:
         raise RobgenError(f"unknown RobustBench threat model {threat!r}; use {', '.join(THREATS)}")
     return model, dataset.lower(), canonical[threat.lower()]
-
-
-def canonical(spec: str) -> str:
-    return PREFIX + ":".join(parse(spec))
 
 
 def _robustbench():
