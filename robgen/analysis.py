@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from . import checks, energy
-from .attacks import ATTACKS, AttackSpec, unavailable
+from .attacks import ATTACKS, AttackSpec, attack_engine, unavailable
 from .errors import RobgenError
 from .evaluate import DEFAULTS as EVAL_DEFAULTS
 from .evaluate import collect_energies, summarize
@@ -179,7 +179,10 @@ def attack_energies(
     report = {
         "n": len(data),
         "seed": seed,
-        "attacks": {name: {"spec": vars(specs[name]), **attack_summary(name, r)} for name, r in rows.items()},
+        "attacks": {
+            name: {"spec": vars(specs[name]), **attack_engine(specs[name]), **attack_summary(name, r)}
+            for name, r in rows.items()
+        },
         "skipped": skipped,
     }
     return report, rows
@@ -363,7 +366,9 @@ def survey(
             "spread": {"dE_std": dE["std"], "dE_iqr": dE["iqr"], "dEy_std": dEy["std"], "dEy_iqr": dEy["iqr"]},
         })
     entries.sort(key=lambda m: m["robust_acc"])
-    return {"attack": attack if isinstance(attack, str) else vars(attack), "n": len(data), "models": entries}, rows
+    spec = ATTACKS.get(attack) if isinstance(attack, str) else attack
+    report = {"attack": attack if isinstance(attack, str) else vars(attack), "attack_engine": attack_engine(spec)}
+    return {**report, "n": len(data), "models": entries}, rows
 
 
 # ---------------------------------------------------------------- WEAT weights

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.metadata
 import importlib.util
 import math
+import sys
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -215,11 +217,13 @@ def unavailable(spec: AttackSpec, num_classes: int) -> str | None:
     """Why `spec` cannot run on a `num_classes`-way model here, or None when it can."""
     if spec.method not in TORCHATTACKS_METHODS:
         return None
-    if importlib.util.find_spec("torchattacks") is None:
-        return f"attack {spec.method!r} needs the torchattacks package: pip install 'robgen[attacks]'"
     # APGD-T's targeted DLR loss reads the 4th-largest logit (AutoAttack's standard set includes APGD-T).
     if spec.method in ("apgd-t", "autoattack") and num_classes < 4:
         return f"attack {spec.method!r} needs at least 4 classes (its DLR loss), the model has {num_classes}"
+    if spec.method == "autoattack" and reference_autoattack() is not None:
+        return None
+    if importlib.util.find_spec("torchattacks") is None:
+        return f"attack {spec.method!r} needs the torchattacks package: pip install 'robgen[attacks]'"
     return None
 
 
@@ -240,6 +244,66 @@ def _torchattacks(spec: AttackSpec, model: nn.Module, num_classes: int, seed: in
     return torchattacks.MultiAttack([apgd_ce, apgd_t, fab_t, torchattacks.Square(model, n_queries=5000, **common)])
 
 
+# The reference AutoAttack (Croce & Hein 2020) under its two install names: PyPI's `pyautoattack` and
+# `pip install git+https://github.com/fra31/auto-attack` (import name `autoattack`, the API RobustBench calls).
+REFERENCE_AUTOATTACK = ("pyautoattack", "autoattack")
+
+
+def reference_autoattack() -> tuple[str, str] | None:
+    """(import name, version) of the installed reference AutoAttack, or None."""
+    for name in REFERENCE_AUTOATTACK:
+        if name in sys.modules or importlib.util.find_spec(name) is not None:
+            try:
+                version = importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                version = "unknown"
+            return name, version
+    return None
+
+
+def attack_engine(spec: AttackSpec) -> dict:
+    """Which code runs `spec`, for reports: robgen's own, the reference AutoAttack, or torchattacks."""
+    if spec.method not in TORCHATTACKS_METHODS:
+        return {"engine": "robgen"}
+    reference = reference_autoattack()
+    if spec.method == "autoattack" and reference is not None:
+        iterations = "" if spec.steps == 100 else f", {spec.steps} iterations instead of 100"
+        return {"engine": f"{reference[0]} {reference[1]}", "version": f"standard{iterations}",
+                "note": "the reference AutoAttack (Croce & Hein 2020)"}
+    version = importlib.metadata.version("torchattacks") if importlib.util.find_spec("torchattacks") else "missing"
+    result = {"engine": f"torchattacks {version}"}
+    if spec.method == "autoattack":
+        result["version"] = f"standard chain (APGD-CE, APGD-T, FAB-T at {spec.steps} iterations, Square 5000 queries)"
+        result["note"] = ("fallback: the reference AutoAttack is not installed "
+                          "(pip install 'robgen[autoattack]' for the number RobustBench reports)")
+    return result
+
+
+def _reference_autoattack(spec: AttackSpec, model: nn.Module, x: Tensor, y: Tensor, num_classes: int,
+                          seed: int) -> Tensor:
+    """The reference implementation's standard version with `seed`: APGD-CE, APGD-T, FAB-T, Square, each on the
+    points still robust. A model with fewer than 10 classes gets num_classes - 1 target classes instead of 9."""
+    name, _ = reference_autoattack()
+    module = importlib.import_module(name)
+    norm = "Linf" if spec.norm == "linf" else "L2"
+    if module.__name__ == "pyautoattack":  # keyword-only API, logs through `logging` instead of printing
+        adversary = module.AutoAttack(model, norm=norm, eps=spec.eps, version="standard", seed=seed, device=x.device)
+    else:
+        adversary = module.AutoAttack(model, norm=norm, eps=spec.eps, version="standard", seed=seed, verbose=False,
+                                      device=x.device)
+    adversary.verbose = False
+    targets = min(9, num_classes - 1)
+    adversary.apgd_targeted.n_target_classes = adversary.fab.n_target_classes = targets
+    for part in (adversary.apgd, adversary.apgd_targeted, adversary.fab):
+        part.n_iter = spec.steps
+    with torch.autocast(x.device.type, enabled=False):
+        if module.__name__ == "pyautoattack":
+            x_adv, _ = adversary.run_standard_evaluation(x.detach().float(), y, batch_size=len(x))
+        else:
+            x_adv = adversary.run_standard_evaluation(x.detach().float(), y, bs=len(x))
+    return x_adv.detach()
+
+
 def run_attack(
     spec: AttackSpec | str,
     model: nn.Module,
@@ -258,6 +322,8 @@ def run_attack(
         return x.detach()
     if spec.method in TORCHATTACKS_METHODS:
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=_on(generator)))
+        if spec.method == "autoattack" and reference_autoattack() is not None:
+            return _reference_autoattack(spec, model, x, y, num_classes, seed)
         return _torchattacks(spec, model, num_classes, seed)(x, y).detach()
     if spec.method not in ("pgd", "fgsm"):
         raise RobgenError(f"unknown attack method {spec.method!r}")

@@ -78,7 +78,9 @@ def floats(text: str) -> tuple[float, ...]:
 
 
 ckpt_option = click.option(
-    "--ckpt", default=None, help="robgen checkpoint (.safetensors) or shipped name; default: the shipped default"
+    "--ckpt", default=None, help="robgen checkpoint (.safetensors), shipped name, or "
+    "robustbench:MODEL[:DATASET[:THREAT]] (a RobustBench zoo model, downloaded once into the cache; needs robgen[zoo]); "
+    "default: the shipped default"
 )
 data_root_option = click.option("--data-root", default=None, help="dataset root (default: $ROBGEN_DATA or ./data)")
 download_option = click.option("--download", is_flag=True, help="download torchvision datasets (needs internet)")
@@ -140,7 +142,9 @@ def info_cmd(ckpt, as_json):
 
 @main.command("import")
 @click.argument("src", type=click.Path(dir_okay=False))
-@click.option("--arch", required=True, help="architecture the weights belong to (see `robgen info` / ARCHS)")
+@click.option("--arch", required=True, help="architecture the weights belong to: a registered name (ARCHS), "
+              "robustbench:MODEL[:DATASET[:THREAT]] (a zoo model's file; the spec sets classes and normalisation), or "
+              "package.module:Class (your nn.Module class, built with no arguments, importable wherever it is loaded)")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="robgen checkpoint to write")
 @click.option("--data", default="cifar10", help="dataset the model was trained on (classes, input shape)")
 @click.option("--mean", default=None, help="per-channel mean the model expects, e.g. 0.49,0.48,0.45 (default: none)")
@@ -171,7 +175,7 @@ def import_cmd(src, arch, out, data, mean, std, fp16, overwrite):
     )
     model = import_checkpoint(src, meta)
     save_classifier(model, out, dtype=torch.float16 if fp16 else None)
-    click.echo(f"imported {src} as {arch} ({meta.num_classes} classes) -> {out}")
+    click.echo(f"imported {src} as {model.meta.arch} ({model.meta.num_classes} classes) -> {out}")
 
 
 @main.command("eval")
@@ -200,6 +204,8 @@ def eval_cmd(ckpt, data, data_root, download, attack, eps, step_size, steps, n, 
     emit(r, as_json, [
         f"{r['ckpt']} on {data} test, {r['n']} images, attack {attack} "
         f"(eps {spec.eps:.4f}, step {spec.step_size:.4f}, {spec.steps} steps), seed {seed}",
+        *([f"engine           {r['attack']['engine']}" + "".join(f", {r['attack'][k]}" for k in ("version", "note")
+                                                            if k in r["attack"])] if attack != "none" else []),
         f"clean accuracy   {r['clean_acc']:.2f}%",
         f"robust accuracy  {r['robust_acc']:.2f}%",
         f"mean E(x)        clean {r['E_clean']:.3f}   adversarial {r['E_adv']:.3f}   dE(x) {r['dE']:+.3f}",

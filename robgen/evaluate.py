@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from . import checks, energy
-from .attacks import ATTACKS, AttackSpec, run_attack
+from .attacks import ATTACKS, AttackSpec, attack_engine, run_attack
 from .models import Classifier
 from .utils import resolve_device
 
@@ -91,6 +91,6 @@ def evaluate(
     start = time.perf_counter()
     spec = ATTACKS.get(attack) if isinstance(attack, str) else attack
     result = summarize(collect_energies(model, data, spec, **kwargs))
-    result["attack"] = {"name": attack if isinstance(attack, str) else spec.method, **spec.settings()}
+    result["attack"] = {"name": attack if isinstance(attack, str) else spec.method, **spec.settings(), **attack_engine(spec)}
     result["seconds"] = round(time.perf_counter() - start, 2)
     return result

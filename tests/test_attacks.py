@@ -88,12 +88,22 @@ def test_reports_list_only_the_settings_an_attack_reads():
     assert ATTACKS.get("pgd20").settings()["step_size"] == 2 / 255
 
 
-def test_autoattack_chains_its_four_attacks_with_the_spec_steps(model_and_batch):
+@pytest.mark.parametrize("engine", ["reference", "torchattacks"])
+def test_autoattack_runs_on_either_engine_with_the_spec_steps_and_says_which(model_and_batch, monkeypatch, engine):
+    from robgen import attacks
+
+    if engine == "torchattacks":
+        monkeypatch.setattr(attacks, "REFERENCE_AUTOATTACK", ())  # as where the reference is not installed
+    elif attacks.reference_autoattack() is None:
+        pytest.skip("the reference AutoAttack is not installed: pip install 'robgen[autoattack]'")
     _, x, _ = model_and_batch
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)).eval()  # varied predictions
     y = model(x).argmax(1)  # every point starts correctly classified
     spec = ATTACKS.get("autoattack").replace(steps=3)
+    report = attacks.attack_engine(spec)
+    assert report["engine"].startswith(attacks.REFERENCE_AUTOATTACK if engine == "reference" else "torchattacks")
+    assert report["version"].startswith("standard") and ("fallback" in report["note"]) == (engine == "torchattacks")
     x_adv = run_attack(spec, model, x, y, num_classes=10, generator=torch.Generator().manual_seed(0))
     assert (x_adv - x).abs().max() <= spec.eps + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
     assert (model(x_adv).argmax(1) == y).float().mean() < 0.5

@@ -71,6 +71,20 @@ def test_shape_mismatch_names_the_key(tmp_path):
         import_checkpoint(tmp_path / "m.pt", ModelMeta("cnn-tiny", 5))
 
 
+def test_legacy_tar_checkpoint_is_refused_as_needing_unpickling(tmp_path):
+    import io
+    import tarfile
+
+    legacy = tmp_path / "natural.pt.tar"
+    with tarfile.open(legacy, "w") as archive:  # torch's pre-1.6 layout: a tar of pickles
+        info = tarfile.TarInfo("sys_info")
+        info.size = 4
+        archive.addfile(info, io.BytesIO(b"\x80\x02}q"))
+    meta = ModelMeta("cnn-tiny", 3)
+    with pytest.raises(RobgenError, match="legacy .tar format, which weights_only loading refuses"):
+        import_checkpoint(legacy, meta)
+
+
 def test_html_page_saved_as_checkpoint(tmp_path):
     page = tmp_path / "model.pt"
     page.write_text("<!DOCTYPE html><html><body>Not Found</body></html>")

@@ -337,7 +337,8 @@ def test_robust_accuracy_and_energies_of_an_attack_with_a_known_outcome():
     assert broken["E_adv"] == pytest.approx(-math.log(2 * math.cosh(d_adv)), abs=1e-5)
     assert broken["dE"] == pytest.approx(broken["E_clean"] - broken["E_adv"], abs=1e-6)
     assert broken["dEy"] == pytest.approx(broken["Ey_clean"] - broken["Ey_adv"], abs=1e-6)
-    assert broken["attack"] == {"name": "pgd20", **ATTACKS.get("pgd20").settings()} and broken["n"] == 8
+    assert broken["attack"] == {"name": "pgd20", "engine": "robgen", **ATTACKS.get("pgd20").settings()}
+    assert broken["n"] == 8
     assert isinstance(broken["seconds"], float) and 0 <= broken["seconds"] < 60
     held = evaluate(model, data, ATTACKS.get("pgd20").replace(eps=0.005), batch_size=3, workers=0, progress=False)
     assert (held["clean_acc"], held["robust_acc"]) == (100.0, 100.0)

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
+import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -105,8 +107,79 @@ class Classifier(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.net((x - self.mean) / self.std)
 
+    @classmethod
+    def wrap(
+        cls,
+        module: nn.Module,
+        *,
+        classes: int | Sequence[str],
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        input_shape: Sequence[int] = (3, 32, 32),
+        dataset: str = "",
+        arch: str | None = None,
+        recipe: dict[str, Any] | None = None,
+    ) -> "Classifier":
+        """Any nn.Module that maps (normalised) images to logits, as a robgen classifier taking images in [0, 1].
+
+        `classes` is the number of classes or their names; `mean`/`std` the normalisation the module expects
+        (default: none). `arch` (default: the module's own class as "package.module:Class") is how a saved
+        checkpoint rebuilds the network: a registered name, or an importable nn.Module class built with no
+        arguments. The module goes to eval mode and one forward pass checks that it returns one logit per class.
+        """
+        names = [] if isinstance(classes, int) else [str(c) for c in classes]
+        channels = int(input_shape[0])
+        meta = ModelMeta(
+            arch=arch or f"{type(module).__module__}:{type(module).__qualname__}",
+            num_classes=classes if isinstance(classes, int) else len(names), input_shape=tuple(input_shape),
+            mean=tuple(mean) if mean is not None else (0.0,) * channels,
+            std=tuple(std) if std is not None else (1.0,) * channels,
+            class_names=names, dataset=dataset, recipe=dict(recipe or {}),
+        )
+        model = cls(module, meta).eval()
+        param = next(module.parameters(), None)
+        model.to(param.device if param is not None else "cpu")
+        with torch.no_grad():
+            out = model(torch.zeros(1, *meta.input_shape, device=model.mean.device))
+        if not isinstance(out, Tensor) or tuple(out.shape) != (1, meta.num_classes):
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise RobgenError(f"the module returns {got} for one {meta.input_shape} image, not {meta.num_classes} "
+                              "logits; pass the right classes= and input_shape=")
+        return model
+
+
+def python_arch(arch: str) -> nn.Module:
+    """The network of an "importable.module:Class" architecture. Only nn.Module classes outside the standard library
+    are built (with no arguments): a checkpoint's metadata can pick installed model code, never call arbitrary
+    functions or import a standard module for its side effects."""
+    module_name, _, attr = arch.partition(":")
+    if module_name.partition(".")[0] in sys.stdlib_module_names:
+        raise RobgenError(f"architecture {arch!r} names a standard-library module, not model code")
+    try:
+        obj = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise RobgenError(f"architecture {arch!r} cannot be imported ({err}); install or put on PYTHONPATH the code "
+                          "that defines it") from None
+    if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
+        raise RobgenError(f"architecture {arch!r} is not an nn.Module class")
+    try:
+        return obj()
+    except TypeError as err:
+        raise RobgenError(f"architecture {arch!r} must build with no arguments ({err}); define a subclass whose "
+                          "__init__ fixes them") from None
+
 
 def build_classifier(meta: ModelMeta) -> Classifier:
-    """A freshly initialised classifier for `meta` (architecture looked up in ARCHS)."""
-    net = ARCHS.get(meta.arch)(num_classes=meta.num_classes, in_channels=meta.input_shape[0])
+    """A freshly initialised classifier for `meta`: an architecture from ARCHS, a RobustBench zoo architecture
+    (robustbench:MODEL:DATASET:THREAT) or an importable nn.Module class (package.module:Class)."""
+    from .. import zoo
+
+    if zoo.is_zoo(meta.arch):
+        net = zoo.build_net(meta.arch)
+    elif ":" in meta.arch and meta.arch not in ARCHS:
+        net = python_arch(meta.arch)
+    else:
+        net = ARCHS.get(meta.arch)(num_classes=meta.num_classes, in_channels=meta.input_shape[0])
     return Classifier(net, meta)

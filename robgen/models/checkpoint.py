@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import tarfile
 import zipfile
 from importlib import resources
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
+from .. import zoo
 from ..errors import RobgenError
 from ..utils import atomic_path, sha256_file
 from . import Classifier, ModelMeta, build_classifier
@@ -34,8 +36,11 @@ def shipped_checkpoints() -> list[str]:
 
 
 def resolve_checkpoint(spec: str | Path | None) -> Path:
-    """A path to an existing file, or the name of a shipped checkpoint (None: the default one)."""
+    """A path to an existing file, the name of a shipped checkpoint (None: the default one), or a RobustBench model
+    as robustbench:MODEL[:DATASET[:THREAT]] (downloaded and converted into the cache on first use)."""
     spec = DEFAULT_CHECKPOINT if spec is None else spec
+    if zoo.is_zoo(spec):
+        return zoo.zoo_checkpoint(spec)
     path = Path(spec).expanduser()
     if path.is_file():
         return path
@@ -136,11 +141,16 @@ def checkpoint_id(spec: str | Path | None) -> dict[str, str]:
 _STATE_KEYS = ("model_state_dict", "state_dict", "model", "net")
 
 
-def _foreign_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def safe_torch_load(path: Path):
+    """torch.load(weights_only=True): a file that needs arbitrary code to unpickle, or is no PyTorch file, is a
+    one-line error."""
     with open(path, "rb") as f:
         magic = f.read(4)
     # torch.save writes a zip archive (PK..) or, in the legacy format, a pickle (protocol byte 0x80).
     if not (magic.startswith(b"PK") or magic.startswith(b"\x80")):
+        if tarfile.is_tarfile(path):  # torch's legacy format can only be read by unpickling arbitrary objects
+            raise RobgenError(f"{path} is in torch's legacy .tar format, which weights_only loading refuses; load it "
+                              "where you trust it and re-save its state_dict with torch.save")
         hint = " (it looks like an HTML page: a failed download?)" if magic.lstrip()[:1] == b"<" else ""
         raise RobgenError(f"{path} is not a PyTorch checkpoint{hint}")
     try:
@@ -156,6 +166,11 @@ def _foreign_state_dict(path: Path) -> dict[str, torch.Tensor]:
         # SafetensorError: torch.load reads a file named .safetensors as one, e.g. a pickle given that name
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise RobgenError(f"{path} is not a readable PyTorch checkpoint (truncated? {first})") from None
+    return obj
+
+
+def _foreign_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    obj = safe_torch_load(path)
     # RobustBench files wrap weights in "state_dict"; JEM-style files in "model_state_dict" beside a replay buffer.
     while isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
         inner = next((obj[k] for k in _STATE_KEYS if isinstance(obj.get(k), dict)), None)
@@ -178,6 +193,8 @@ def import_checkpoint(src: str | Path, meta: ModelMeta) -> Classifier:
     src = Path(src)
     if not src.is_file():
         raise RobgenError(f"no file {str(src)!r}")
+    if zoo.is_zoo(meta.arch):  # the zoo's loader knows each model's key layout; its spec names dataset and classes
+        return zoo.convert(meta.arch, src)
     model = build_classifier(meta)
     load_state_checked(model.net, _foreign_state_dict(src), str(src))
     return model.eval()
