@@ -627,7 +627,8 @@ def train_cmd(data, arch, loss, recipe, epochs, batch_size, lr, schedule, norm, 
 def _scoring_options(fn):
     """Options shared by `score` and `stats`; left unset (None) they take robgen.metrics.DEFAULTS in the API."""
     options = [
-        click.option("--ref", default=None, help="cifar10-train | cifar10-test | folder:PATH | STATS.npz"),
+        click.option("--ref", default=None, help="cifar10-train | cifar10-test | folder:PATH (PATH/train when "
+                     "present, as --data reads it) | STATS.npz"),
         click.option("--ref-n", type=int, default=None,
                      help="use a seeded random subset of N reference images (all by default)"),
         click.option("--backend", type=click.Choice(["torch-fidelity", "clean-fid"]), default=None,

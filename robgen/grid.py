@@ -8,7 +8,7 @@ import numpy as np
 
 from . import checks
 from .errors import RobgenError
-from .utils import atomic_path, open_image, read_json
+from .utils import IMAGE_SUFFIXES, atomic_path, folder_labels, open_image, read_json
 
 DEFAULTS = {"nrow": 8, "pad": 2, "labels": True}
 
@@ -118,13 +118,16 @@ def load_rows(source: str | Path, nrow: int = DEFAULTS["nrow"], classes: list[in
     folders = sorted(d for d in (source / "images" if is_run else source).glob("*") if d.is_dir())
     if not source.exists() or not folders:
         raise RobgenError(f"{source} holds no samples.npz and no class folders; pass a `robgen sample` output folder")
-    if classes is not None:
-        if any(not 0 <= c < len(folders) for c in classes):
-            raise RobgenError(f"--classes must be in 0..{len(folders) - 1} for {source}")
-        folders = [folders[c] for c in classes]
+    # --classes names labels, as with samples.npz: a `03_cat` folder is class 3 even when classes 0-2 are absent.
+    labels = folder_labels([d.name for d in folders])
+    by_label = {labels[d.name]: d for d in folders}
+    missing = [c for c in classes or [] if c not in by_label]
+    if missing:
+        raise RobgenError(f"class {missing[0]} is not in {source}; it holds classes {sorted(by_label)}")
+    folders = [by_label[c] for c in (sorted(by_label) if classes is None else classes)]
     rows, names = [], []
     for folder in folders:
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[:nrow]
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:nrow]
         if not files:
             raise RobgenError(f"class folder {folder} holds no images")
         images = [_read_image(p) for p in files]

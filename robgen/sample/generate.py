@@ -36,6 +36,7 @@ from .. import energy as energies
 from ..errors import RobgenError
 from ..models import Classifier
 from ..outputs import LOCK_NAME, FolderLock
+from ..seeds import chunk_seed
 from ..utils import atomic_path, atomic_write_text, precision, read_json
 from . import starts as st
 from .samplers import SAMPLERS, SamplerConfig, descend
@@ -92,11 +93,6 @@ class SampleConfig:
 
 DEFAULTS = {**asdict(SampleConfig()), "grid_rows": 8}  # grid_rows: images per class in grid.png
 ARTEFACTS = ("chunks", "images", "samples.npz", "grid.png", "manifest.json", "energy_track.png")
-
-
-def chunk_seed(seed: int, chunk: int) -> int:
-    """A seed for chunk `chunk` of a run with `seed`, independent of how chunks are spread over processes."""
-    return int(np.random.SeedSequence([seed, chunk]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def class_folder(index: int, name: str) -> str:

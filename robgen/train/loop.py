@@ -36,6 +36,7 @@ from ..evaluate import collect_energies, summarize
 from ..models import Classifier, ModelMeta, build_classifier
 from ..models.checkpoint import save_classifier
 from ..registry import Registry
+from ..seeds import epoch_seed
 from ..utils import atomic_path, atomic_write_text, precision, read_json
 from .losses import LOSSES, Loss, adversarial, batch_loss
 
@@ -185,11 +186,6 @@ def _check_same_recipe(saved: dict, config: dict, out: Path) -> None:
                 f"--resume: {out} holds a run with {key}={saved.get(key)!r}, not {config.get(key)!r}; "
                 f"resume with the same recipe or train into another --out"
             )
-
-
-def epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    """The seed of every generator in one epoch on one rank."""
-    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
 # Batches between the host's checks for a non-finite loss (each check waits for the device).
