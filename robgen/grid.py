@@ -37,16 +37,13 @@ def render_grid(
     pdf: bool = False,
 ) -> dict:
     """Write the grid as PNG (and PDF with the same stem if `pdf`); return its files, pixel shape and row labels."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no global backend switch or figure registry (as plots.py)
 
     image = mosaic(rows, pad)
     height, width = image.shape[:2]
     scale = max(1.0, 256 / rows[0].shape[1] / 4)  # small images are drawn larger so labels stay legible
     dpi = 100
-    fig = plt.figure(figsize=(width * scale / dpi + (1.2 if labels else 0), height * scale / dpi), dpi=dpi)
+    fig = Figure(figsize=(width * scale / dpi + (1.2 if labels else 0), height * scale / dpi), dpi=dpi)
     ax = fig.add_axes((1.2 / fig.get_figwidth() if labels else 0, 0, width * scale / dpi / fig.get_figwidth(), 1))
     ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     ax.set_xticks([])
@@ -63,7 +60,6 @@ def render_grid(
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format=fmt, dpi=dpi)
         files[fmt] = str(path)
-    plt.close(fig)
     return {"files": files, "shape": list(image.shape), "labels": list(names) if labels else [], "rows": len(rows)}
 
 

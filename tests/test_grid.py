@@ -53,3 +53,16 @@ def test_classes_are_labels_with_or_without_the_npz(ckpt, tmp_path):
     assert Image.open(tmp_path / "a.png").tobytes() == Image.open(tmp_path / "b.png").tobytes()
     with pytest.raises(RobgenError, match=r"class 1 is not in .*it holds classes \[0, 2\]"):
         grid(tmp_path / "s", tmp_path / "c.png", classes=[1])
+
+
+def test_figures_leave_the_callers_matplotlib_backend_alone(ckpt, tmp_path, monkeypatch):
+    """A notebook user keeps their backend: grid() and sample(track=True) draw without matplotlib.use or pyplot."""
+    import matplotlib
+
+    switched = []
+    monkeypatch.setattr(matplotlib, "use", lambda *a, **k: switched.append(a))
+    backend = matplotlib.rcParams["backend"]
+    sample(ckpt, out=tmp_path / "s", n=2, steps=2, track=True, progress=False)
+    grid(tmp_path / "s", tmp_path / "g.png")
+    assert switched == [] and matplotlib.rcParams["backend"] == backend
+    assert (tmp_path / "s" / "energy_track.png").stat().st_size > 0 and (tmp_path / "g.pdf").is_file()

@@ -250,12 +250,10 @@ def _write_npz(path: Path, chunk_files: list[Path], total: int, image_shape: tup
 
 
 def _plot_track(path: Path, track: dict[str, list[float]]) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure  # not pyplot: no global backend switch or figure registry (as plots.py)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for name, values in track.items():
         ax.plot(range(len(values)), values, label=name)
     ax.set_xlabel("step")
@@ -264,7 +262,6 @@ def _plot_track(path: Path, track: dict[str, list[float]]) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
 
 
 @distributed.ends_group
