@@ -132,7 +132,7 @@ def attack_summary(name: str, rows: dict[str, Tensor]) -> dict:
     """Accuracies, attack success rate, energy statistics, direction words and the TRADES KL decomposition."""
     correct = rows["pred_clean"] == rows["y"]
     fooled = correct & (rows["pred_adv"] != rows["y"])
-    dE, dEy = rows["E_clean"] - rows["E_adv"], rows["Ey_clean"] - rows["Ey_adv"]
+    dE, dEy = rows["dE"], rows["dEy"]
     dirs = {"E": direction(dE), "Ey": direction(dEy)}
     conditional, kl = rows["kl_conditional"].double().mean().item(), rows["kl"].double().mean().item()
     return {
@@ -360,7 +360,7 @@ def survey(
     entries = []
     for name, r in rows.items():
         s = summarize(r)
-        dE, dEy = describe(r["E_clean"] - r["E_adv"]), describe(r["Ey_clean"] - r["Ey_adv"])
+        dE, dEy = describe(r["dE"]), describe(r["dEy"])
         entries.append({
             "model": name, "clean_acc": s["clean_acc"], "robust_acc": s["robust_acc"], "dE": dE, "dEy": dEy,
             "spread": {"dE_std": dE["std"], "dE_iqr": dE["iqr"], "dEy_std": dEy["std"], "dEy_iqr": dEy["iqr"]},

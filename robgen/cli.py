@@ -450,12 +450,12 @@ from .sample.generate import DEFAULTS as SAMPLE  # noqa: E402
 @click.option("--sampler", default=SAMPLE["sampler"], help="sgld, pgd or heun")
 @click.option("--energy", default=SAMPLE["energy"], help="energy descended: joint E(x,y), ce, or marginal E(x)")
 @click.option("--steps", default=SAMPLE["steps"], type=int)
-@click.option("--step-size", type=FLOAT, default=None, help="eta; default: the sampler's (sgld/heun 0.8, pgd 0.5)")
+@click.option("--step-size", type=FLOAT, default=SAMPLE["step_size"], help="eta; default: the sampler's (sgld/heun 0.8, pgd 0.5)")
 @click.option("--momentum", type=FLOAT, default=SAMPLE["momentum"], help="zeta (sgld/heun)")
 @click.option("--noise", type=FLOAT, default=SAMPLE["noise"], help="sigma of the SGLD noise")
-@click.option("--alpha", type=FLOAT, default=None, help="noise scale; default sqrt(2 eta)")
+@click.option("--alpha", type=FLOAT, default=SAMPLE["alpha"], help="noise scale; default sqrt(2 eta)")
 @click.option("--norm", default=SAMPLE["norm"], help="pgd step norm: l2 or linf")
-@click.option("--eps", type=FLOAT, default=None, help="pgd: radius of the ball around the start (default: none)")
+@click.option("--eps", type=FLOAT, default=SAMPLE["eps"], help="pgd: radius of the ball around the start (default: none)")
 @click.option("--retained", type=FLOAT, default=SAMPLE["retained"], help="pca: share of class variance kept")
 @click.option("--sigma-pca", type=FLOAT, default=SAMPLE["sigma_pca"], help="pca: std of the coefficients a_i")
 @click.option("--early-stop", is_flag=True, help="freeze a sample once E(x,y) reaches its class's mean training energy")
@@ -633,7 +633,8 @@ def train_cmd(data, arch, loss, recipe, epochs, batch_size, lr, schedule, norm, 
 def _scoring_options(fn):
     """Options shared by `score` and `stats`; left unset (None) they take robgen.metrics.DEFAULTS in the API."""
     options = [
-        click.option("--ref", default=None, help="cifar10-train | cifar10-test | folder:PATH | STATS.npz"),
+        click.option("--ref", default=None, help="cifar10-train | cifar10-test | folder:PATH (PATH/train when "
+                     "present, as --data reads it) | STATS.npz"),
         click.option("--ref-n", type=int, default=None,
                      help="use a seeded random subset of N reference images (all by default)"),
         click.option("--backend", type=click.Choice(["torch-fidelity", "clean-fid"]), default=None,

@@ -16,9 +16,8 @@ from torchvision import datasets, transforms
 
 from .errors import RobgenError
 from .registry import Registry
-from .utils import open_image
+from .utils import IMAGE_SUFFIXES, open_image
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -46,7 +45,7 @@ def default_root() -> Path:
 def _missing(name: str, root: Path) -> RobgenError:
     return RobgenError(
         f"{name} not found under {root}; pass --download (needs internet) or --data-root, "
-        "or use --data folder:PATH for an image folder"
+        "or use folder:PATH for an image folder"
     )
 
 
@@ -57,6 +56,11 @@ def _torchvision(name: str, make: Callable[..., Dataset]):
         except RuntimeError as err:  # torchvision's "Dataset not found or corrupted"
             if "not found" in str(err).lower() or "download" in str(err).lower():
                 raise _missing(name, root) from None
+            raise
+        except OSError as err:  # a failed --download (no network, refused)
+            if download:
+                raise RobgenError(f"could not download {name} into {root} ({type(err).__name__}); offline, use "
+                                  "folder:PATH") from None
             raise
 
     return read
@@ -146,7 +150,7 @@ def tiny_imagenet() -> DatasetSpec:
     )
 
 
-def _folder_split(path: Path, split: str) -> Path:
+def folder_split(path: Path, split: str) -> Path:
     """`folder:PATH` reads PATH/train or PATH/test (or PATH/val) when present, else PATH itself."""
     for name in (split, "val") if split == "test" else (split,):
         if (path / name).is_dir():
@@ -174,13 +178,13 @@ def _first_image(path: Path) -> Path:
 def folder_spec(path: str | Path) -> DatasetSpec:
     """An ImageFolder tree; shape and channels from its first image, the classes from its subfolders."""
     path = Path(path).expanduser()
-    train = _folder_split(path, "train")
+    train = folder_split(path, "train")
     first = open_image(_first_image(train))
     mode = "L" if first.mode in ("L", "I;16", "1") else "RGB"
     channels, (width, height) = (1 if mode == "L" else 3), first.size
 
     def read(root: Path, split: str, download: bool, transform: Callable) -> Dataset:
-        folder = _folder_split(path, split)
+        folder = folder_split(path, split)
         _first_image(folder)
         resize = transforms.Resize((height, width))  # PIL returns same-size images untouched
         return datasets.ImageFolder(

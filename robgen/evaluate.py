@@ -28,7 +28,8 @@ def collect_energies(
 ) -> dict[str, torch.Tensor]:
     """Per-sample labels, predictions and energies for clean inputs x and their adversarial x* (model in eval mode).
 
-    Keys: y, pred_clean, pred_adv, E_clean, E_adv (marginal), Ey_clean, Ey_adv (joint, at the true label),
+    Keys: y, pred_clean, pred_adv, E_clean, E_adv (marginal), Ey_clean, Ey_adv (joint, at the true label), their
+    signed deltas dE = E_clean - E_adv and dEy = Ey_clean - Ey_adv (energy.delta_*),
     kl_conditional (the TRADES KL's conditional term), kl (KL(p(.|x) || p(.|x*)), computed directly, so that its
     split into the conditional term plus dE(x) is checked rather than assumed).
     """
@@ -57,6 +58,8 @@ def collect_energies(
             "E_adv": energy.marginal_energy(adv),
             "Ey_clean": energy.joint_energy(clean, y),
             "Ey_adv": energy.joint_energy(adv, y),
+            "dE": energy.delta_marginal(clean, adv),
+            "dEy": energy.delta_joint(clean, adv, y),
             "kl_conditional": conditional,
             "kl": energy.trades_kl(clean, adv),
         }
@@ -76,8 +79,8 @@ def summarize(rows: dict[str, torch.Tensor]) -> dict[str, float]:
         "E_adv": rows["E_adv"].mean().item(),
         "Ey_clean": rows["Ey_clean"].mean().item(),
         "Ey_adv": rows["Ey_adv"].mean().item(),
-        "dE": (rows["E_clean"] - rows["E_adv"]).mean().item(),
-        "dEy": (rows["Ey_clean"] - rows["Ey_adv"]).mean().item(),
+        "dE": rows["dE"].mean().item(),
+        "dEy": rows["dEy"].mean().item(),
     }
 
 

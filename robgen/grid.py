@@ -8,7 +8,7 @@ import numpy as np
 
 from . import checks
 from .errors import RobgenError
-from .utils import atomic_path, open_image, read_json
+from .utils import IMAGE_SUFFIXES, atomic_path, folder_labels, open_image, read_json
 
 DEFAULTS = {"nrow": 8, "pad": 2, "labels": True}
 
@@ -37,16 +37,13 @@ def render_grid(
     pdf: bool = False,
 ) -> dict:
     """Write the grid as PNG (and PDF with the same stem if `pdf`); return its files, pixel shape and row labels."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no global backend switch or figure registry (as plots.py)
 
     image = mosaic(rows, pad)
     height, width = image.shape[:2]
     scale = max(1.0, 256 / rows[0].shape[1] / 4)  # small images are drawn larger so labels stay legible
     dpi = 100
-    fig = plt.figure(figsize=(width * scale / dpi + (1.2 if labels else 0), height * scale / dpi), dpi=dpi)
+    fig = Figure(figsize=(width * scale / dpi + (1.2 if labels else 0), height * scale / dpi), dpi=dpi)
     ax = fig.add_axes((1.2 / fig.get_figwidth() if labels else 0, 0, width * scale / dpi / fig.get_figwidth(), 1))
     ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     ax.set_xticks([])
@@ -63,7 +60,6 @@ def render_grid(
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format=fmt, dpi=dpi)
         files[fmt] = str(path)
-    plt.close(fig)
     return {"files": files, "shape": list(image.shape), "labels": list(names) if labels else [], "rows": len(rows)}
 
 
@@ -118,13 +114,16 @@ def load_rows(source: str | Path, nrow: int = DEFAULTS["nrow"], classes: list[in
     folders = sorted(d for d in (source / "images" if is_run else source).glob("*") if d.is_dir())
     if not source.exists() or not folders:
         raise RobgenError(f"{source} holds no samples.npz and no class folders; pass a `robgen sample` output folder")
-    if classes is not None:
-        if any(not 0 <= c < len(folders) for c in classes):
-            raise RobgenError(f"--classes must be in 0..{len(folders) - 1} for {source}")
-        folders = [folders[c] for c in classes]
+    # --classes names labels, as with samples.npz: a `03_cat` folder is class 3 even when classes 0-2 are absent.
+    labels = folder_labels([d.name for d in folders])
+    by_label = {labels[d.name]: d for d in folders}
+    missing = [c for c in classes or [] if c not in by_label]
+    if missing:
+        raise RobgenError(f"class {missing[0]} is not in {source}; it holds classes {sorted(by_label)}")
+    folders = [by_label[c] for c in (sorted(by_label) if classes is None else classes)]
     rows, names = [], []
     for folder in folders:
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[:nrow]
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:nrow]
         if not files:
             raise RobgenError(f"class folder {folder} holds no images")
         images = [_read_image(p) for p in files]

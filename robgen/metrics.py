@@ -26,7 +26,7 @@ from tqdm import tqdm
 from . import checks
 from .errors import RobgenError
 from .registry import Registry
-from .utils import atomic_path, cache_dir, open_image, precision, resolve_device
+from .utils import IMAGE_SUFFIXES, atomic_path, cache_dir, folder_labels, open_image, precision, resolve_device
 
 DEFAULTS: dict[str, Any] = {
     "ref": "cifar10-train",
@@ -53,7 +53,6 @@ DEFAULTS: dict[str, Any] = {
     # 1,000 CIFAR-10 images); False reproduces torch-fidelity's features bit for bit.
     "channels_last": True,
 }
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 
 # ---------------------------------------------------------------- images
@@ -113,21 +112,13 @@ def _load_npz(path: Path) -> ImageSet:
     return ImageSet(images, labels, str(path), hashlib.sha256(images.numpy().tobytes()).hexdigest())
 
 
-def _class_index(folders: list[str]) -> dict[str, int]:
-    """`03_cat` folders (robgen sample) keep their number, so a subset of classes keeps its labels; else sorted order."""
-    numbered = [re.match(r"^(\d+)_", f) for f in folders]
-    if all(numbered):
-        return {f: int(m.group(1)) for f, m in zip(folders, numbered)}
-    return {f: i for i, f in enumerate(sorted(folders))}
-
-
 def _load_folder(root: Path) -> ImageSet:
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
-        raise RobgenError(f"{root}: no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise RobgenError(f"{root}: no images (looked for {', '.join(IMAGE_SUFFIXES)})")
     folders = sorted({p.parent.name for p in files})
     by_class = all(p.parent.parent == root for p in files)
-    index = _class_index(folders) if by_class else {}
+    index = folder_labels(folders) if by_class else {}
     arrays, first = [], None
     for path in tqdm(files, desc=f"reading {root.name}", unit="img", leave=False, disable=len(files) < 1000):
         img = open_image(path)
@@ -159,26 +150,19 @@ def load_samples(spec: str | os.PathLike) -> ImageSet:
 
 
 def load_reference_images(ref: str, data_root: str | None = None, download: bool = False) -> ImageSet:
-    """cifar10-train / cifar10-test (torchvision) or folder:PATH."""
+    """cifar10-train / cifar10-test (robgen.data's torchvision path) or folder:PATH, read as --data reads it:
+    PATH/train when PATH has one (a tree with train/ and test/ is not mixed), else every image under PATH."""
+    from .data import folder_split, load_split
+
     if ref.startswith("folder:"):
-        root = Path(ref[len("folder:"):]).expanduser()
-        if not root.is_dir():
-            raise RobgenError(f"reference folder {root} does not exist")
-        found = _load_folder(root)
+        path = Path(ref[len("folder:"):]).expanduser()
+        if not path.is_dir():
+            raise RobgenError(f"reference folder {path} does not exist")
+        found = _load_folder(folder_split(path, "train"))
         found.name = ref
         return found
     if ref in ("cifar10-train", "cifar10-test"):
-        import torchvision
-
-        root = Path(data_root or os.environ.get("ROBGEN_DATA", "data")).expanduser()
-        try:
-            data = torchvision.datasets.CIFAR10(str(root), train=ref.endswith("train"), download=download)
-        except (RuntimeError, OSError) as err:  # missing files, or a failed --download
-            if download:
-                raise RobgenError(f"could not download CIFAR-10 into {root} ({type(err).__name__}); offline, "
-                                  f"use --ref folder:PATH") from None
-            raise RobgenError(f"CIFAR-10 is not under {root}; add --download (needs the internet), "
-                              f"set --data-root, or use --ref folder:PATH") from None
+        data, _ = load_split("cifar10", ref.removeprefix("cifar10-"), root=data_root, download=download)
         images = _as_rgb_nchw(data.data, ref)
         return ImageSet(images, np.asarray(data.targets, np.int64), ref, ref)
     raise RobgenError(f"unknown reference {ref!r}; use cifar10-train, cifar10-test, folder:PATH or STATS.npz")

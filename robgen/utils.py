@@ -1,10 +1,11 @@
-"""Small shared helpers: devices, seeds, atomic writes, hashing, the cache folder."""
+"""Small shared helpers: devices, image folders, atomic writes, hashing, the cache folder."""
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -35,6 +36,31 @@ def resolve_device(device: str | None = None) -> torch.device:
     elif dev.type not in ("cpu", "mps"):
         raise RobgenError(f"--device {device}: robgen runs on cpu, cuda or mps")
     return dev
+
+
+# The image files every folder reader takes: --data folder:PATH, --ref folder:PATH, score's samples, grids.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def folder_labels(folders: list[str]) -> dict[str, int]:
+    """The label of each class folder: `03_cat` folders (robgen sample's images/) keep their number, so a subset of
+    classes keeps its labels; otherwise sorted order, as torchvision's ImageFolder labels them."""
+    numbered = [re.match(r"^(\d+)_", f) for f in folders]
+    if all(numbered):
+        return {f: int(m.group(1)) for f, m in zip(folders, numbered)}
+    return {f: i for i, f in enumerate(sorted(folders))}
+
+
+def read_safetensors(path: str | os.PathLike, what: str, hint: str = "") -> tuple[dict[str, torch.Tensor], dict]:
+    """(every tensor, the metadata) of a safetensors file (checkpoints, start fits); a damaged or foreign file is
+    the one-line error "{path} is not a readable {what} (why){hint}"."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {key: f.get_tensor(key) for key in f.keys()}, f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise RobgenError(f"{path} is not a readable {what} ({err}){hint}") from None
 
 
 def open_image(path: str | os.PathLike, mode: str | None = None) -> Image.Image:

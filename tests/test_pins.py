@@ -382,8 +382,10 @@ def test_per_epoch_validation_attack_and_train_dE_sign(tmp_path, monkeypatch):
     assert line["train_dE"] == pytest.approx(line["train_E_clean"] - line["train_E_adv"], abs=1e-9)
     assert line["train_dEy"] == pytest.approx(line["train_Ey_clean"] - line["train_Ey_adv"], abs=1e-9)
     # dE(x) = E(x) - E(x*): with E(x) = -1 and E(x*) = -3 on average, the attack lowered the energy, dE = +2.
-    totals = torch.tensor([2.0, 1.0, -2.0, -6.0, 0.0, 2.0, 0.0, 0.0], dtype=torch.float64)
-    m = loop._epoch_metrics(totals, torch.tensor(0.0), torch.tensor(0.0), False)
+    sums = loop.EpochSums.zeros(torch.device("cpu"))
+    for key, total in dict(images=2.0, loss=1.0, E_clean=-2.0, E_adv=-6.0, Ey_clean=0.0, Ey_adv=2.0).items():
+        setattr(sums, key, torch.tensor(total, dtype=torch.float64))
+    m = sums.metrics()
     assert (m["train_E_clean"], m["train_E_adv"], m["train_dE"], m["train_dEy"]) == (-1.0, -3.0, 2.0, -1.0)
 
 

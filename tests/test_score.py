@@ -309,3 +309,14 @@ def test_reference_subset_is_seeded_and_stated(sets):
     assert a["fid"] == b["fid"]  # the reference subset does not follow the samples' seed
     with pytest.raises(RobgenError, match="--ref-n 41 asks for more images than .* holds \\(40\\)"):
         metrics.score(sets["samples"], ref=sets["ref"], ref_n=41, **tiny())
+
+
+def test_ref_folder_reads_its_train_split_as_data_does(tmp_path):
+    """folder:PATH with train/ and test/ is PATH/train for --ref as for --data, not both splits mixed."""
+    tree = tmp_path / "tree"
+    write_tree(tree / "train", images(10, 1), np.arange(10) % 2)
+    write_tree(tree / "test", images(6, 2), np.arange(6) % 2)
+    whole = metrics.load_reference_images(f"folder:{tree}")
+    train = metrics.load_reference_images(f"folder:{tree / 'train'}")
+    assert len(whole) == 10 and torch.equal(whole.images, train.images) and whole.labels.tolist() == [0] * 5 + [1] * 5
+    assert whole.name == f"folder:{tree}" and whole.fingerprint == train.fingerprint

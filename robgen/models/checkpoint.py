@@ -14,12 +14,12 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import save
 
 from .. import zoo
 from ..errors import RobgenError
-from ..utils import atomic_path, sha256_file
+from ..utils import atomic_path, read_safetensors, sha256_file
 from . import Classifier, ModelMeta, build_classifier
 
 FORMAT = "robgen-classifier/1"
@@ -76,16 +76,8 @@ def save_classifier(model: Classifier, path: str | Path, dtype: torch.dtype | No
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
-    except (SafetensorError, OSError, ValueError) as err:
-        raise RobgenError(
-            f"{path} is not a readable robgen checkpoint ({err}); if it is a PyTorch .pt/.pth file, "
-            f"convert it with `robgen import {path} --arch ARCH --out NAME{SUFFIX}`"
-        ) from None
-    return tensors, header
+    return read_safetensors(path, "robgen checkpoint", "; if it is a PyTorch .pt/.pth file, convert it with "
+                            f"`robgen import {path} --arch ARCH --out NAME{SUFFIX}`")
 
 
 def _meta_of(path: Path, header: dict[str, str]) -> ModelMeta:

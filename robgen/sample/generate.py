@@ -22,6 +22,7 @@ import re
 import shutil
 import time
 import zipfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -35,39 +36,63 @@ from .. import energy as energies
 from ..errors import RobgenError
 from ..models import Classifier
 from ..outputs import LOCK_NAME, FolderLock
+from ..seeds import chunk_seed
 from ..utils import atomic_path, atomic_write_text, precision, read_json
 from . import starts as st
 from .samplers import SAMPLERS, SamplerConfig, descend
 
 FORMAT = "robgen-samples/1"
-DEFAULTS = {
-    "n": 64,  # images per class
-    "init": "pca",  # the paper's best start
-    "sampler": "sgld",
-    "energy": "joint",  # E(x, y)
-    "steps": 40,  # PAPER.md: 20-50
-    "step_size": None,  # None: the sampler's default (sgld/heun 0.8 = the paper's eta; pgd 0.5 in L2)
-    "momentum": 0.0,  # zeta: the paper uses 0 or a tuned value
-    "noise": 0.001,  # sigma
-    "alpha": None,  # None: sqrt(2 eta)
-    "norm": "l2",  # pgd only
-    "eps": None,  # pgd only: radius around the start
-    "retained": st.DEFAULTS["retained"],
-    "sigma_pca": st.DEFAULTS["sigma_pca"],
-    "data_noise": st.DEFAULTS["data_noise"],
-    "fit_images": st.DEFAULTS["per_class"],
-    "early_stop": False,
-    "batch_size": 128,
-    "seed": 0,
-    "bf16": False,
-    "grid_rows": 8,  # images per class in grid.png
-}
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """What a sample run makes and how: the single source of sample()'s and `robgen sample`'s defaults (DEFAULTS is
+    this as a dict); `check` validates it."""
+
+    n: int = 64  # images per class
+    init: str = "pca"  # the paper's best start
+    sampler: str = "sgld"
+    energy: str = "joint"  # E(x, y)
+    steps: int = 40  # PAPER.md: 20-50
+    step_size: float | None = None  # None: the sampler's default (SAMPLERS[sampler].default_step_size)
+    momentum: float = 0.0  # zeta: the paper uses 0 or a tuned value
+    noise: float = 0.001  # sigma
+    alpha: float | None = None  # None: sqrt(2 eta)
+    norm: str = "l2"  # pgd only
+    eps: float | None = None  # pgd only: radius around the start
+    retained: float = st.DEFAULTS["retained"]
+    sigma_pca: float = st.DEFAULTS["sigma_pca"]
+    data_noise: float = st.DEFAULTS["data_noise"]
+    fit_images: int | None = st.DEFAULTS["per_class"]
+    early_stop: bool = False
+    batch_size: int = 128
+    seed: int = 0
+    bf16: bool = False
+
+    def check(self) -> SamplerConfig:
+        """The sampler's step settings, once every option is valid (else a one-line RobgenError)."""
+        for name, value in (("-n", self.n), ("--batch-size", self.batch_size)):
+            if value <= 0:
+                raise RobgenError(f"{name} must be positive, got {value}")
+        checks.seed(self.seed)
+        step_fn = SAMPLERS.get(self.sampler)
+        _refuse_unread(self.sampler, getattr(step_fn, "reads", None), momentum=self.momentum, noise=self.noise,
+                       alpha=self.alpha, norm=self.norm, eps=self.eps)
+        if self.init not in ("pca", "mix") and (self.retained, self.sigma_pca) != (DEFAULTS["retained"], DEFAULTS["sigma_pca"]):
+            raise RobgenError(f"--retained and --sigma-pca shape the pca and mix starts only, not --init {self.init}; "
+                              "drop them")
+        checks.number("--sigma-pca", self.sigma_pca, 0)
+        checks.number("--data-noise", self.data_noise, 0)
+        energies.TARGET_ENERGIES.get(self.energy)
+        cfg = SamplerConfig(self.steps, self.step_size if self.step_size is not None else step_fn.default_step_size,
+                            self.momentum, self.noise, self.alpha, self.norm, self.eps)
+        if self.init in ("pca", "mix") and not 0 < self.retained <= 1:
+            raise RobgenError(f"--retained must be in (0, 1], got {self.retained}")
+        return cfg
+
+
+DEFAULTS = {**asdict(SampleConfig()), "grid_rows": 8}  # grid_rows: images per class in grid.png
 ARTEFACTS = ("chunks", "images", "samples.npz", "grid.png", "manifest.json", "energy_track.png")
-
-
-def chunk_seed(seed: int, chunk: int) -> int:
-    """A seed for chunk `chunk` of a run with `seed`, independent of how chunks are spread over processes."""
-    return int(np.random.SeedSequence([seed, chunk]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def class_folder(index: int, name: str) -> str:
@@ -225,12 +250,10 @@ def _write_npz(path: Path, chunk_files: list[Path], total: int, image_shape: tup
 
 
 def _plot_track(path: Path, track: dict[str, list[float]]) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure  # not pyplot: no global backend switch or figure registry (as plots.py)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for name, values in track.items():
         ax.plot(range(len(values)), values, label=name)
     ax.set_xlabel("step")
@@ -239,7 +262,6 @@ def _plot_track(path: Path, track: dict[str, list[float]]) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
 
 
 @distributed.ends_group
@@ -279,9 +301,53 @@ def sample(
 ) -> dict:
     """Sample n images per class from a classifier's energy; write the output layout above; return a result dict
     (out, files, n_images, per-class mean E(x, y), chunks_computed / chunks_reused, seconds, ...)."""
+    began = time.perf_counter()
+    options = SampleConfig(
+        n=n, init=init, sampler=sampler, energy=energy, steps=steps, step_size=step_size, momentum=momentum,
+        noise=noise, alpha=alpha, norm=norm, eps=eps, retained=retained, sigma_pca=sigma_pca, data_noise=data_noise,
+        fit_images=fit_images, early_stop=early_stop, batch_size=batch_size, seed=seed, bf16=bf16,
+    )
+    plan = _plan(ckpt, classes, options, out=out, device=device, overwrite=overwrite, progress=progress,
+                 fit_from=dict(start_stats=start_stats, data=data, root=data_root, download=download))
+    computed, replaced = _run_chunks(plan, progress)
+    return _finalise(plan, computed, replaced, track, began)
+
+
+@dataclass
+class _Plan:
+    """A checked sample run: the model, what to make (settings, the run's identity), the start fit and its chunks."""
+
+    ckpt_path: Path
+    sha: str
+    model: Classifier
+    rank: int
+    world: int
+    dev: torch.device
+    class_ids: list[int]
+    cfg: SamplerConfig
+    fit: st.StartFit | None
+    fit_source: str
+    settings: dict
+    out: Path
+    labels: torch.Tensor  # of every item, class-major: n of the first class, then n of the next...
+
+    @property
+    def batch_size(self) -> int:
+        return self.settings["batch_size"]
+
+    @property
+    def chunk_paths(self) -> list[Path]:
+        return [self.out / "chunks" / f"chunk_{k:06d}.npz" for k in range(math.ceil(len(self.labels) / self.batch_size))]
+
+    @property
+    def mine(self) -> list[int]:  # the chunks this rank makes
+        return list(range(self.rank, len(self.chunk_paths), self.world))
+
+
+def _plan(ckpt, classes, options: SampleConfig, *, out, device, overwrite: bool, progress: bool, fit_from: dict) -> _Plan:
+    """Load and check the model and options, resolve the start fit, then hold and prepare OUT (rank 0)."""
     from ..models.checkpoint import DEFAULT_CHECKPOINT, checkpoint_id, load_classifier, resolve_checkpoint, shipped_dir
 
-    began = time.perf_counter()
     if ckpt is None and not (shipped_dir() / f"{DEFAULT_CHECKPOINT}.safetensors").is_file():
         raise RobgenError(f"no default checkpoint: {DEFAULT_CHECKPOINT} is not shipped with this install yet; "
                           "pass --ckpt FILE")
@@ -289,87 +355,86 @@ def sample(
     rank, world, dev = distributed.setup(device)
     model = load_classifier(ckpt_path, dev)
     model.requires_grad_(False)
-    meta = model.meta
-    class_ids = list(range(meta.num_classes)) if classes is None else [meta.class_index(c) for c in classes]
-    if not class_ids:
-        raise RobgenError("no classes given; pass --class K or --classes all")
-    if len(set(class_ids)) != len(class_ids):
-        raise RobgenError(f"a class is given twice in {classes}")
-    for name, value in (("-n", n), ("--batch-size", batch_size)):
-        if value <= 0:
-            raise RobgenError(f"{name} must be positive, got {value}")
-    checks.seed(seed)
-    step_fn = SAMPLERS.get(sampler)
-    _refuse_unread(sampler, getattr(step_fn, "reads", None), momentum=momentum, noise=noise, alpha=alpha, norm=norm,
-                   eps=eps)
-    if init not in ("pca", "mix") and (retained, sigma_pca) != (DEFAULTS["retained"], DEFAULTS["sigma_pca"]):
-        raise RobgenError(f"--retained and --sigma-pca shape the pca and mix starts only, not --init {init}; drop them")
-    checks.number("--sigma-pca", sigma_pca, 0)
-    checks.number("--data-noise", data_noise, 0)
+    class_ids = _class_ids(model.meta, classes)
+    cfg = options.check()
     broken = [k for k, v in model.net.state_dict().items() if v.is_floating_point() and not v.isfinite().all()]
     if broken:
         raise RobgenError(f"{ckpt_path} has NaN/inf weights ({len(broken)} tensors, first {broken[0]!r}): its "
                           "energies are NaN everywhere; use another checkpoint")
-    energies.TARGET_ENERGIES.get(energy)
-    cfg = SamplerConfig(steps, step_size if step_size is not None else step_fn.default_step_size, momentum, noise,
-                        alpha, norm, eps)
-    if init in ("pca", "mix") and not 0 < retained <= 1:
-        raise RobgenError(f"--retained must be in (0, 1], got {retained}")
     sha = checkpoint_id(ckpt_path)["sha256"]
     fit, fit_source = _rank0_first(lambda: st.resolve_fit(
-        init, model=model, ckpt_path=ckpt_path, checkpoint_sha256=sha, start_stats=start_stats, data=data,
-        root=data_root, download=download, per_class=fit_images, early_stop=early_stop, progress=progress and rank == 0,
+        options.init, model=model, ckpt_path=ckpt_path, checkpoint_sha256=sha, per_class=options.fit_images,
+        early_stop=options.early_stop, progress=progress and rank == 0, **fit_from,
     ), rank, world)
-    shape = tuple(meta.input_shape)
     settings = {
-        "format": FORMAT, "checkpoint_sha256": sha, "classes": class_ids, "n": n, "init": init, "sampler": sampler,
-        "energy": energy, "steps": cfg.steps, "step_size": cfg.step_size, "momentum": cfg.momentum, "noise": cfg.noise,
-        "alpha": cfg.alpha, "norm": cfg.norm, "eps": cfg.eps, "retained": retained, "sigma_pca": sigma_pca,
-        "data_noise": data_noise, "early_stop": early_stop, "batch_size": batch_size, "seed": seed, "bf16": bf16,
+        "format": FORMAT, "checkpoint_sha256": sha, "classes": class_ids,
+        **{k: getattr(options, k) for k in ("n", "init", "sampler", "energy")}, **asdict(cfg),
+        **{k: getattr(options, k) for k in ("retained", "sigma_pca", "data_noise", "early_stop", "batch_size", "seed",
+                                            "bf16")},
         "start_fit": st.fit_digest(fit) if fit is not None else None,
     }
     settings = json.loads(json.dumps(settings))  # the form it takes on disk, so equality survives the round trip
     out = Path(out) if out is not None else Path("samples") / ckpt_path.name.removesuffix(ckpt_path.suffix)
     _rank0_first(lambda: _prepare_out(out, settings, overwrite), rank, world, others_too=False)
+    labels = torch.tensor(class_ids, dtype=torch.int64).repeat_interleave(options.n)
+    return _Plan(ckpt_path, sha, model, rank, world, dev, class_ids, cfg, fit, fit_source, settings, out, labels)
 
-    labels = torch.tensor(class_ids, dtype=torch.int64).repeat_interleave(n)
-    n_chunks = math.ceil(len(labels) / batch_size)
-    chunk_path = [out / "chunks" / f"chunk_{k:06d}.npz" for k in range(n_chunks)]
-    mine = list(range(rank, n_chunks, world))
+
+def _class_ids(meta, classes: list[int | str] | None) -> list[int]:
+    class_ids = list(range(meta.num_classes)) if classes is None else [meta.class_index(c) for c in classes]
+    if not class_ids:
+        raise RobgenError("no classes given; pass --class K or --classes all")
+    if len(set(class_ids)) != len(class_ids):
+        raise RobgenError(f"a class is given twice in {classes}")
+    return class_ids
+
+
+def _run_chunks(plan: _Plan, progress: bool) -> tuple[int, int]:
+    """Make this rank's chunks that are not on disk yet; (chunks computed, damaged or foreign chunks replaced)."""
+    meta, settings, size = plan.model.meta, plan.settings, plan.batch_size
     computed = replaced = 0
-    bar = tqdm(mine, desc=f"sample {sampler} rank {rank}" if world > 1 else f"sample {sampler}", unit="chunk",
+    name = f"sample {settings['sampler']}"
+    bar = tqdm(plan.mine, desc=f"{name} rank {plan.rank}" if plan.world > 1 else name, unit="chunk",
                disable=not progress, leave=False)
     for k in bar:
-        lo = k * batch_size
-        if _reusable(chunk_path[k], settings, labels[lo: lo + batch_size]):
+        path, lo = plan.chunk_paths[k], k * size
+        if _reusable(path, settings, plan.labels[lo: lo + size]):
             continue
-        replaced += chunk_path[k].is_file()
-        chunk = _make_chunk(model, fit, labels[lo: lo + batch_size], shape, settings, cfg, dev, k)
-        _save_pngs(out, chunk, lo, n, meta.class_names)
-        with atomic_path(chunk_path[k]) as tmp, open(tmp, "wb") as f:
+        replaced += path.is_file()
+        chunk = _make_chunk(plan.model, plan.fit, plan.labels[lo: lo + size], tuple(meta.input_shape), settings,
+                            plan.cfg, plan.dev, k)
+        _save_pngs(plan.out, chunk, lo, settings["n"], meta.class_names)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, **chunk, run=np.array(run_id(settings)))
         computed += 1
-    if world > 1:
+    if plan.world > 1:
         import torch.distributed as dist
 
         dist.barrier()
-    result = {"out": str(out), "rank": rank, "world_size": world, "chunks": n_chunks, "chunks_computed": computed,
-              "chunks_reused": len(mine) - computed, "chunks_replaced": replaced}
-    if rank != 0:
+    return computed, replaced
+
+
+def _finalise(plan: _Plan, computed: int, replaced: int, track: bool, began: float) -> dict:
+    """Rank 0 merges every chunk into the output layout and writes manifest.json; every rank returns its counts."""
+    chunks, mine, meta, out = len(plan.chunk_paths), len(plan.mine), plan.model.meta, plan.out
+    result = {"out": str(out), "rank": plan.rank, "world_size": plan.world, "chunks": chunks,
+              "chunks_computed": computed, "chunks_reused": mine - computed, "chunks_replaced": replaced}
+    if plan.rank != 0:
         return result
-    result.update(_merge(out, chunk_path, labels, class_ids, meta.class_names, shape, settings, track))
+    result.update(_merge(out, plan.chunk_paths, plan.labels, plan.class_ids, meta.class_names,
+                         tuple(meta.input_shape), plan.settings, track))
     seconds = round(time.perf_counter() - began, 2)
     manifest = {
-        "format": FORMAT, "checkpoint": {"path": str(ckpt_path), "sha256": sha}, "settings": settings,
-        "start_source": fit_source, "class_names": meta.class_names, "n_images": len(labels),
-        "classes": result["classes"], "device": str(dev), "world_size": world, "seconds": seconds,
-        "precision": precision(dev, "bf16" if bf16 else "off"),
-        "chunks": {"total": n_chunks, "computed_by_rank0": computed, "reused_by_rank0": len(mine) - computed},
+        "format": FORMAT, "checkpoint": {"path": str(plan.ckpt_path), "sha256": plan.sha}, "settings": plan.settings,
+        "start_source": plan.fit_source, "class_names": meta.class_names, "n_images": len(plan.labels),
+        "classes": result["classes"], "device": str(plan.dev), "world_size": plan.world, "seconds": seconds,
+        "precision": precision(plan.dev, "bf16" if plan.settings["bf16"] else "off"),
+        "chunks": {"total": chunks, "computed_by_rank0": computed, "reused_by_rank0": mine - computed},
     }
     if track:
         manifest["track"] = result["track"]
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
-    result.update(seconds=seconds, start_source=fit_source, n_images=len(labels), settings=settings,
+    result.update(seconds=seconds, start_source=plan.fit_source, n_images=len(plan.labels), settings=plan.settings,
                   files={**result["files"], "manifest": str(out / "manifest.json")})
     return result
 

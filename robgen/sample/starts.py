@@ -24,7 +24,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
@@ -32,7 +31,8 @@ from tqdm import tqdm
 
 from ..errors import RobgenError
 from ..registry import Registry
-from ..utils import atomic_path, cache_dir
+from ..seeds import class_seed
+from ..utils import atomic_path, cache_dir, read_safetensors
 
 FORMAT = "robgen-starts/2"  # /2 adds the per-class image counts
 READABLE_FORMATS = ("robgen-starts/1", FORMAT)
@@ -106,12 +106,7 @@ def load_fit(path: str | Path) -> StartFit:
     path = Path(path)
     if not path.is_file():
         raise RobgenError(f"no start fit {str(path)!r}; make one with `robgen fit-start --data DATASET --out FILE`")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
-    except (SafetensorError, OSError, ValueError) as err:
-        raise RobgenError(f"{path} is not a readable start fit ({err})") from None
+    tensors, header = read_safetensors(path, "start fit")
     if header.get("format") not in READABLE_FORMATS:
         raise RobgenError(f"{path} is not a robgen start fit (format {header.get('format')!r}, expected {FORMAT})")
     try:
@@ -147,7 +142,7 @@ def cached_fit_path(key: str) -> Path:
 def _class_images(dataset, labels: Tensor, y: int, per_class: int | None, seed: int) -> Tensor:
     """Up to per_class images of class y (a seeded random choice; None: all), flattened, float32 in [0, 1]."""
     indices = torch.nonzero(labels == y).flatten()
-    order = torch.randperm(len(indices), generator=torch.Generator().manual_seed(seed * 1000 + y))
+    order = torch.randperm(len(indices), generator=torch.Generator().manual_seed(class_seed(seed, y)))
     chosen = indices[order[:per_class]].tolist()
     batches = [x.flatten(1) for x, _ in DataLoader(Subset(dataset, chosen), batch_size=256, num_workers=0)]
     return torch.cat(batches).float()

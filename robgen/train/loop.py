@@ -14,8 +14,9 @@ import math
 import pickle
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from ..evaluate import collect_energies, summarize
 from ..models import Classifier, ModelMeta, build_classifier
 from ..models.checkpoint import save_classifier
 from ..registry import Registry
+from ..seeds import epoch_seed
 from ..utils import atomic_path, atomic_write_text, precision, read_json
 from .losses import LOSSES, Loss, adversarial, batch_loss
 
@@ -186,11 +188,6 @@ def _check_same_recipe(saved: dict, config: dict, out: Path) -> None:
             )
 
 
-def epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    """The seed of every generator in one epoch on one rank."""
-    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
-
-
 # Batches between the host's checks for a non-finite loss (each check waits for the device).
 CHECK_EVERY = 50
 
@@ -314,23 +311,90 @@ def _prepare_out(out: Path, config: dict, resume: bool, overwrite: bool, writer:
     return None
 
 
-def _epoch_metrics(totals: Tensor, wmin: Tensor, wmax: Tensor, weighted: bool) -> dict[str, float | None]:
-    n = totals[0].item()
-    _, loss, e_c, e_a, ey_c, ey_a, w, w2 = (totals / n).tolist()
-    return {
-        "train_loss": loss,
-        "train_E_clean": e_c,
-        "train_E_adv": e_a,
-        "train_Ey_clean": ey_c,
-        "train_Ey_adv": ey_a,
-        "train_dE": e_c - e_a,
-        "train_dEy": ey_c - ey_a,
-        "weight_mean": w if weighted else None,
-        "weight_std": math.sqrt(max(w2 - w * w, 0.0)) if weighted else None,
-        "weight_min": wmin.item() if weighted else None,
-        "weight_max": wmax.item() if weighted else None,
-        "train_images": int(n),
-    }
+@dataclass
+class EpochSums:
+    """One epoch's training telemetry summed over its batches: float64 sums kept on the device (adding a batch never
+    waits for it), and the extremes of the loss's per-example weights."""
+
+    images: Tensor
+    loss: Tensor  # of batch loss x batch size
+    E_clean: Tensor  # E(x) = -logsumexp of the eval-mode logits, clean and adversarial
+    E_adv: Tensor
+    Ey_clean: Tensor  # E(x, y) = -logit of the label
+    Ey_adv: Tensor
+    weight: Tensor  # of the outer loss's weights (weat-*), and of their squares
+    weight_sq: Tensor
+    weight_min: Tensor
+    weight_max: Tensor
+    weighted: bool = False  # whether the loss weights its examples
+
+    SUMS: ClassVar[tuple[str, ...]] = ("images", "loss", "E_clean", "E_adv", "Ey_clean", "Ey_adv", "weight", "weight_sq")
+
+    @classmethod
+    def zeros(cls, dev: torch.device) -> EpochSums:
+        sums = {k: torch.zeros((), device=dev, dtype=torch.float64) for k in cls.SUMS}
+        return cls(**sums, weight_min=torch.full((), math.inf, device=dev), weight_max=torch.full((), -math.inf, device=dev))
+
+    def add(self, value: Tensor, weights: Tensor | None, clean: Tensor, adv: Tensor, y: Tensor) -> None:
+        """One batch: its loss, the clean and adversarial logits and the loss's weights (None: unweighted)."""
+        e_c, e_a = energy.marginal_energy(clean), energy.marginal_energy(adv)
+        ey_c, ey_a = energy.joint_energy(clean, y), energy.joint_energy(adv, y)
+        w = weights.detach().float() if weights is not None else torch.zeros_like(e_c)
+        self.weighted = weights is not None
+        batch = torch.stack([
+            torch.full((), float(len(y)), device=w.device), value.float() * len(y), e_c.sum(), e_a.sum(), ey_c.sum(),
+            ey_a.sum(), w.sum(), (w * w).sum(),
+        ]).double()
+        for key, part in zip(self.SUMS, batch):
+            setattr(self, key, getattr(self, key) + part)
+        self.weight_min, self.weight_max = torch.minimum(self.weight_min, w.min()), torch.maximum(self.weight_max, w.max())
+
+    def all_reduce(self) -> None:
+        """Sums and extremes over every rank (the sums in one collective)."""
+        sums = torch.stack([getattr(self, k) for k in self.SUMS])
+        dist.all_reduce(sums)
+        for key, total in zip(self.SUMS, sums):
+            setattr(self, key, total)
+        dist.all_reduce(self.weight_min, dist.ReduceOp.MIN)
+        dist.all_reduce(self.weight_max, dist.ReduceOp.MAX)
+
+    def metrics(self) -> dict[str, float | None]:
+        """The per-image means metrics.jsonl records (weights: None when the loss has none)."""
+        n = self.images.item()
+        mean = {k: (getattr(self, k) / n).item() for k in self.SUMS}
+        w, w2, weighted = mean["weight"], mean["weight_sq"], self.weighted
+        return {
+            "train_loss": mean["loss"],
+            "train_E_clean": mean["E_clean"],
+            "train_E_adv": mean["E_adv"],
+            "train_Ey_clean": mean["Ey_clean"],
+            "train_Ey_adv": mean["Ey_adv"],
+            "train_dE": mean["E_clean"] - mean["E_adv"],  # of the means: energy.delta_* take logits
+            "train_dEy": mean["Ey_clean"] - mean["Ey_adv"],
+            "weight_mean": w if weighted else None,
+            "weight_std": math.sqrt(max(w2 - w * w, 0.0)) if weighted else None,
+            "weight_min": self.weight_min.item() if weighted else None,
+            "weight_max": self.weight_max.item() if weighted else None,
+            "train_images": int(n),
+        }
+
+
+@dataclass
+class _NonFinite:
+    """The epoch's first non-finite loss (batch index, 0 for none, and its value), kept on the device: the host looks
+    every CHECK_EVERY batches and at the epoch's end instead of waiting for the device after each step."""
+
+    batch: Tensor
+    value: Tensor
+
+    @classmethod
+    def zeros(cls, dev: torch.device) -> _NonFinite:
+        return cls(torch.zeros((), dtype=torch.int64, device=dev), torch.zeros((), device=dev))
+
+    def note(self, i: int, value: Tensor) -> None:
+        first = (self.batch == 0) & ~torch.isfinite(value)
+        self.batch = torch.where(first, i, self.batch)
+        self.value = torch.where(first, value.float(), self.value)
 
 
 def _format_epoch(m: dict, epochs: int) -> str:
@@ -371,12 +435,13 @@ def train(
     if resume and read_config(out) is None:  # else the run would start afresh from whatever recipe was passed
         raise RobgenError(f"--resume: {out} holds no run to resume (no config.json); drop --resume to start one")
     rank, world, dev = distributed.setup(device)
+    session = _Session(rank, world, dev, workers, compile, progress, log if rank == 0 else lambda line: None)
     benchmark = torch.backends.cudnn.benchmark
     # Every step has the same shapes: let cuDNN time its algorithms once (CUDA training is not bitwise repeatable
     # anyway: cuDNN's weight gradients add in a varying order).
     torch.backends.cudnn.benchmark = benchmark or dev.type == "cuda"
     try:
-        result = _train(config, out, rank, world, dev, resume, overwrite, workers, compile, stop_after, progress, log)
+        result = _train(config, out, session, resume=resume, overwrite=overwrite, stop_after=stop_after)
     finally:
         torch.backends.cudnn.benchmark = benchmark
     # An error propagates without the final barrier (see robgen.distributed): torchrun then ends the other ranks.
@@ -384,11 +449,89 @@ def train(
     return result
 
 
-def _train(config, out, rank, world, dev, resume, overwrite, workers, compile, stop_after, progress, log) -> dict:
-    writer = rank == 0
-    if not writer:
-        log = lambda line: None  # noqa: E731 - only rank 0 reports
-    loss = LOSSES.get(config["loss"])
+@dataclass(frozen=True)
+class _Session:
+    """How this call trains (what it trains is the config): its process, device, loader workers and reporting."""
+
+    rank: int
+    world: int
+    dev: torch.device
+    workers: int
+    compile: bool
+    progress: bool
+    log: Callable[[str], None]  # a no-op on ranks other than 0
+
+    @property
+    def writer(self) -> bool:  # only rank 0 writes the run folder and reports
+        return self.rank == 0
+
+    @property
+    def cuda(self) -> bool:
+        return self.dev.type == "cuda"
+
+
+@dataclass
+class _Run:
+    """What _build makes from the recipe, and every later stage reads."""
+
+    config: dict
+    out: Path
+    session: _Session
+    loss: Loss
+    spec: Any
+    train_data: Any
+    val_data: Any
+    model: Classifier
+    fast: nn.Module  # the model the attacks and telemetry run (compiled with --compile on CUDA)
+    outer: nn.Module  # the model the outer loss runs (DDP over several ranks)
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    autocast: contextlib.AbstractContextManager
+    sampler: DistributedSampler
+    indices: _EpochIndices
+    loader: DataLoader
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.loader)
+
+
+@dataclass
+class _Progress:
+    """Where the run stands: the first epoch this call trains, the best epoch so far and metrics.jsonl's lines."""
+
+    start: int = 1
+    best: dict = field(default_factory=lambda: {"epoch": 0, "val_robust_acc": -1.0})
+    history: list[str] = field(default_factory=list)
+    last: dict | None = None  # the latest committed epoch's metrics
+
+
+def _train(config: dict, out: Path, session: _Session, *, resume: bool, overwrite: bool, stop_after: int | None) -> dict:
+    train_data, val_data, spec = _load_data(config, session.world)
+    state = _prepare_out(out, config, resume, overwrite, session.writer)
+    run = _build(config, out, session, train_data, val_data, spec)
+    done = _restore(run, state)
+    if session.writer:
+        _write_config(run, resumed=state is not None, start=done.start)
+    _log_start(run, resumed=state is not None, start=done.start)
+    end = config["epochs"] if stop_after is None else min(config["epochs"], done.start - 1 + stop_after)
+    for epoch in range(done.start, end + 1):
+        sums, lr, seconds = _train_epoch(run, epoch)
+        if session.writer:
+            _evaluate_and_commit(run, done, epoch, sums, lr, seconds)
+    if done.start > end:
+        session.log(f"{out} has already run {done.start - 1} of {config['epochs']} epochs: nothing to do")
+    return {
+        "out": str(out), "rank": session.rank, "epochs_done": done.last["epoch"] if done.last else end,
+        "epochs": config["epochs"], "last": done.last, "best": done.best,
+        "checkpoints": {"last": str(out / "last.safetensors"), "best": str(out / "best.safetensors")},
+        "config": config,
+    }
+
+
+def _load_data(config: dict, world: int):
+    """(training set, validation split, dataset spec), with the recipe checked against them."""
     if config["batch_size"] % world:
         raise RobgenError(f"batch size {config['batch_size']} does not split over {world} processes; use a multiple of {world}")
     train_data, val_data, spec = train_val_split(
@@ -402,9 +545,12 @@ def _train(config, out, rank, world, dev, resume, overwrite, workers, compile, s
             f"batch size {config['batch_size']} is larger than the training set ({len(train_data)} images); "
             "lower --batch-size or raise --max-train"
         )
-    state = _prepare_out(out, config, resume, overwrite, writer)
-    cuda = dev.type == "cuda"
+    return train_data, val_data, spec
 
+
+def _build(config: dict, out: Path, session: _Session, train_data, val_data, spec) -> _Run:
+    """The model (initialised from the run's seed), its optimiser, schedule, precision and the one data loader."""
+    dev, cuda, world = session.dev, session.cuda, session.world
     torch.manual_seed(config["seed"])
     meta = ModelMeta(
         arch=config["arch"], num_classes=spec.num_classes, input_shape=spec.input_shape, mean=spec.mean, std=spec.std,
@@ -415,151 +561,150 @@ def _train(config, out, rank, world, dev, resume, overwrite, workers, compile, s
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config["lr"], momentum=config["momentum"], weight_decay=config["weight_decay"]
     )
-    sampler = DistributedSampler(train_data, num_replicas=world, rank=rank, shuffle=True, seed=config["seed"])
+    sampler = DistributedSampler(train_data, num_replicas=world, rank=session.rank, shuffle=True, seed=config["seed"])
     per_rank = config["batch_size"] // world
-    steps_per_epoch = len(sampler) // per_rank
-    scheduler = SCHEDULES.get(config["schedule"])(optimizer, config, config["epochs"] * steps_per_epoch)
-    use_amp = cuda and config["amp"] != "off"
+    scheduler = SCHEDULES.get(config["schedule"])(optimizer, config, config["epochs"] * (len(sampler) // per_rank))
     # fp16: the scaler guards the outer loss's parameter gradients; the inner attacks need none, since they run in
     # fp32 with autocast off (robgen.attacks.pgd), so their input gradients cannot underflow.
     scaler = torch.amp.GradScaler("cuda", enabled=cuda and config["amp"] == "fp16")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16 if config["amp"] == "bf16" else torch.float16, enabled=use_amp)
-    session = {**precision(dev, config["amp"] if use_amp else "off"), "attacks": "fp32 (autocast off)",
-               "cudnn_benchmark": cuda}
-
-    start, best, history = 1, {"epoch": 0, "val_robust_acc": -1.0}, []
-    if state is not None:
-        model.net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        _load_scaler(scaler, state["scaler"], log)
-        start, best = state["epoch"] + 1, {"epoch": state["best_epoch"], "val_robust_acc": state["best_robust_acc"]}
-        # Lines past the committed epoch come from an epoch that was killed before state.pt was written.
-        lines = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").is_file() else []
-        history = [ln for ln in lines if ln.strip() and json.loads(ln)["epoch"] <= state["epoch"]]
-    if writer:
-        out.mkdir(parents=True, exist_ok=True)
-        # "precision" is metadata, not identity (make_config and --resume read only the recipe's keys): one entry
-        # per session that computed differently, e.g. a CPU run resumed on a GPU.
-        saved = (read_config(out) or {}).get("precision") or [] if state is not None else []
-        sessions = [p for p in saved if p["from_epoch"] < start]
-        if not sessions or {k: v for k, v in sessions[-1].items() if k != "from_epoch"} != session:
-            sessions.append({"from_epoch": start, **session})
-        atomic_write_text(out / "config.json", json.dumps({**config, "precision": sessions}, indent=2, sort_keys=True) + "\n")
-
-    fast = torch.compile(model) if compile and cuda else model
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16 if config["amp"] == "bf16" else torch.float16,
+                              enabled=cuda and config["amp"] != "off")
+    fast = torch.compile(model) if session.compile and cuda else model
     # broadcast_buffers=False: the outer losses with a clean and an adversarial forward before one backward (weat-*,
     # trades, mart) crash at that backward on torch < 2.12 ("modified by an inplace operation", pytorch#175024): DDP
     # copies rank 0's BatchNorm buffers in place at each forward, over the running stats the first forward saved.
     # Each rank updates its own running stats instead; they are made rank 0's again at every epoch end.
     # BatchNorm is per rank (no SyncBatchNorm): it normalises batch_size / world images per step.
     outer = DistributedDataParallel(model, device_ids=[dev] if cuda else None, broadcast_buffers=False) if world > 1 else model
-    outer = torch.compile(outer) if compile and cuda else outer
+    outer = torch.compile(outer) if session.compile and cuda else outer
+    # One loader for the whole run: its workers persist across epochs and re-seed themselves per epoch (_Seeded).
+    indices = _EpochIndices(sampler)
+    loader = DataLoader(
+        _Seeded(train_data), batch_size=per_rank, sampler=indices, num_workers=session.workers, drop_last=True,
+        generator=torch.Generator(), pin_memory=cuda, persistent_workers=session.workers > 0,
+    )
+    return _Run(config, out, session, LOSSES.get(config["loss"]), spec, train_data, val_data, model, fast, outer,
+                optimizer, scheduler, scaler, autocast, sampler, indices, loader)
+
+
+def _restore(run: _Run, state: dict | None) -> _Progress:
+    """Load state.pt's weights, optimiser, schedule and scaler; metrics.jsonl's lines up to its epoch."""
+    if state is None:
+        return _Progress()
+    run.model.net.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    _load_scaler(run.scaler, state["scaler"], run.session.log)
+    # Lines past the committed epoch come from an epoch that was killed before state.pt was written.
+    metrics = run.out / "metrics.jsonl"
+    lines = metrics.read_text().splitlines() if metrics.is_file() else []
+    history = [ln for ln in lines if ln.strip() and json.loads(ln)["epoch"] <= state["epoch"]]
+    best = {"epoch": state["best_epoch"], "val_robust_acc": state["best_robust_acc"]}
+    return _Progress(state["epoch"] + 1, best, history, json.loads(history[-1]) if history else None)
+
+
+def _write_config(run: _Run, *, resumed: bool, start: int) -> None:
+    """config.json: the recipe, and how each session computed. "precision" is metadata, not identity (make_config and
+    --resume read only the recipe's keys): one entry per session that computed differently, e.g. a CPU run resumed
+    on a GPU."""
+    config, out, cuda = run.config, run.out, run.session.cuda
+    use_amp = cuda and config["amp"] != "off"
+    session = {**precision(run.session.dev, config["amp"] if use_amp else "off"), "attacks": "fp32 (autocast off)",
+               "cudnn_benchmark": cuda}
+    out.mkdir(parents=True, exist_ok=True)
+    saved = (read_config(out) or {}).get("precision") or [] if resumed else []
+    sessions = [p for p in saved if p["from_epoch"] < start]
+    if not sessions or {k: v for k, v in sessions[-1].items() if k != "from_epoch"} != session:
+        sessions.append({"from_epoch": start, **session})
+    atomic_write_text(out / "config.json", json.dumps({**config, "precision": sessions}, indent=2, sort_keys=True) + "\n")
+
+
+def _log_start(run: _Run, *, resumed: bool, start: int) -> None:
+    c, world = run.config, run.session.world
+    what = f"resuming at epoch {start}" if resumed else "starting"
+    run.session.log(
+        f"{what}: {c['loss']} on {run.spec.name} ({len(run.train_data)} train / {len(run.val_data)} validation images), "
+        f"{c['arch']}, recipe {c['recipe']}: {c['epochs']} epochs x {run.steps_per_epoch} steps of "
+        f"{c['batch_size']}, lr {c['lr']} {c['schedule']}, attack {c['attack_steps']} x "
+        f"{c['step_size']:.4f} in {c['norm']} eps {c['eps']:.4f}, beta {c['beta']}; {run.session.dev}"
+        + (f" x {world} processes (BatchNorm per rank: {c['batch_size'] // world} images)" if world > 1 else "")
+        + f" -> {run.out}"
+    )
+
+
+def _train_epoch(run: _Run, epoch: int) -> tuple[EpochSums, float, float]:
+    """Train one epoch with every generator seeded from (seed, epoch, rank). Returns its sums over every rank, the
+    learning rate it began with and its seconds."""
+    config, s = run.config, run.session
+    seed = epoch_seed(config["seed"], epoch, s.rank)
+    torch.manual_seed(seed)  # augmentation in the main process (workers=0)
+    # Attack starts: a CPU generator on CPU (the bytes of every CPU run), a CUDA one on CUDA (no host draw and
+    # copy per step; the same seed then repeats a run on the same GPU model and torch build).
+    generator = torch.Generator(s.dev).manual_seed(seed) if s.cuda else torch.Generator().manual_seed(seed)
+    run.sampler.set_epoch(epoch)
+    run.indices.base_seed = worker_base_seed(seed)
+    sums, nonfinite = EpochSums.zeros(s.dev), _NonFinite.zeros(s.dev)
+    lr = run.scheduler.get_last_lr()[0]
+    began = time.perf_counter()
+    bar = tqdm(run.loader, desc=f"epoch {epoch}/{config['epochs']}", unit="batch", disable=not (s.progress and s.writer),
+               leave=False)
+    for i, (x, y) in enumerate(bar, 1):
+        x, y = x.to(s.dev, non_blocking=True), y.to(s.dev, non_blocking=True)
+        x = x.contiguous(memory_format=torch.channels_last)
+        value, weights, clean, adv = train_step(
+            run.fast, run.outer, run.optimizer, run.loss, x, y, config, generator=generator,
+            scaler=run.scaler, autocast=run.autocast,
+        )
+        run.scheduler.step()
+        nonfinite.note(i, value)
+        if i % CHECK_EVERY == 0 or i == run.steps_per_epoch:
+            _check_finite(nonfinite.batch, nonfinite.value, s.world, epoch, run.out)
+        sums.add(value, weights, clean, adv, y)
+        if not bar.disable and (i == 1 or i % CHECK_EVERY == 0):
+            bar.set_postfix(loss=f"{value.item():.4f}", img_s=f"{i * config['batch_size'] / (time.perf_counter() - began):.0f}")
+    if s.world > 1:
+        sums.all_reduce()
+        for buffer in run.model.buffers():  # rank 0's BatchNorm statistics on every rank: what it saves and evaluates
+            dist.broadcast(buffer, 0)
+    return sums, lr, time.perf_counter() - began
+
+
+def _evaluate_and_commit(run: _Run, done: _Progress, epoch: int, sums: EpochSums, lr: float, seconds: float) -> None:
+    """Rank 0: validate, then write last/best.safetensors, metrics.jsonl and last state.pt, the epoch's commit point."""
+    config, model, out = run.config, run.model, run.out
+    train_metrics = sums.metrics()
+    began = time.perf_counter()
     val_attack = AttackSpec(
         "pgd", eps=config["eps"], step_size=config["eps"] / 4, steps=config["val_attack_steps"], norm=config["norm"],
         start="uniform",
     )
-    what = f"resuming at epoch {start}" if state is not None else "starting"
-    log(
-        f"{what}: {config['loss']} on {spec.name} ({len(train_data)} train / {len(val_data)} validation images), "
-        f"{config['arch']}, recipe {config['recipe']}: {config['epochs']} epochs x {steps_per_epoch} steps of "
-        f"{config['batch_size']}, lr {config['lr']} {config['schedule']}, attack {config['attack_steps']} x "
-        f"{config['step_size']:.4f} in {config['norm']} eps {config['eps']:.4f}, beta {config['beta']}; {dev}"
-        + (f" x {world} processes (BatchNorm per rank: {per_rank} images)" if world > 1 else "") + f" -> {out}"
-    )
-    last = json.loads(history[-1]) if history else None
-    end = config["epochs"] if stop_after is None else min(config["epochs"], start - 1 + stop_after)
-    # One loader for the whole run: its workers persist across epochs and re-seed themselves per epoch (_Seeded).
-    indices = _EpochIndices(sampler)
-    loader = DataLoader(
-        _Seeded(train_data), batch_size=per_rank, sampler=indices, num_workers=workers, drop_last=True,
-        generator=torch.Generator(), pin_memory=cuda, persistent_workers=workers > 0,
-    )
-    for epoch in range(start, end + 1):
-        seed = epoch_seed(config["seed"], epoch, rank)
-        torch.manual_seed(seed)  # augmentation in the main process (workers=0)
-        # Attack starts: a CPU generator on CPU (the bytes of every CPU run), a CUDA one on CUDA (no host draw and
-        # copy per step; the same seed then repeats a run on the same GPU model and torch build).
-        generator = torch.Generator(dev).manual_seed(seed) if cuda else torch.Generator().manual_seed(seed)
-        sampler.set_epoch(epoch)
-        indices.base_seed = worker_base_seed(seed)
-        totals = torch.zeros(8, device=dev, dtype=torch.float64)
-        wmin = torch.full((), math.inf, device=dev)
-        wmax = torch.full((), -math.inf, device=dev)
-        # The first non-finite loss (batch index, value), kept on the device: the host looks every CHECK_EVERY
-        # batches and at the epoch's end instead of waiting for the device after each step.
-        bad = torch.zeros((), dtype=torch.int64, device=dev)
-        bad_value = torch.zeros((), device=dev)
-        lr = scheduler.get_last_lr()[0]
-        began = time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {epoch}/{config['epochs']}", unit="batch", disable=not (progress and writer), leave=False)
-        for i, (x, y) in enumerate(bar, 1):
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            x = x.contiguous(memory_format=torch.channels_last)
-            value, weights, clean, adv = train_step(
-                fast, outer, optimizer, loss, x, y, config, generator=generator, scaler=scaler, autocast=autocast
-            )
-            scheduler.step()
-            first = (bad == 0) & ~torch.isfinite(value)
-            bad = torch.where(first, i, bad)
-            bad_value = torch.where(first, value.float(), bad_value)
-            if i % CHECK_EVERY == 0 or i == steps_per_epoch:
-                _check_finite(bad, bad_value, world, epoch, out)
-            e_c, e_a = energy.marginal_energy(clean), energy.marginal_energy(adv)
-            ey_c, ey_a = energy.joint_energy(clean, y), energy.joint_energy(adv, y)
-            w = weights.detach().float() if weights is not None else torch.zeros_like(e_c)
-            totals += torch.stack([
-                torch.full((), float(len(y)), device=dev), value.float() * len(y), e_c.sum(), e_a.sum(),
-                ey_c.sum(), ey_a.sum(), w.sum(), (w * w).sum(),
-            ]).double()
-            wmin, wmax = torch.minimum(wmin, w.min()), torch.maximum(wmax, w.max())
-            if not bar.disable and (i == 1 or i % CHECK_EVERY == 0):
-                bar.set_postfix(loss=f"{value.item():.4f}", img_s=f"{i * config['batch_size'] / (time.perf_counter() - began):.0f}")
-        if world > 1:
-            dist.all_reduce(totals)
-            dist.all_reduce(wmin, dist.ReduceOp.MIN)
-            dist.all_reduce(wmax, dist.ReduceOp.MAX)
-            for buffer in model.buffers():  # rank 0's BatchNorm statistics on every rank: what it saves and evaluates
-                dist.broadcast(buffer, 0)
-        seconds = time.perf_counter() - began
-        train_metrics = _epoch_metrics(totals, wmin, wmax, weights is not None)
-        if not writer:
-            continue
-        began = time.perf_counter()
-        val = summarize(collect_energies(
-            model, val_data, val_attack, batch_size=EVAL_DEFAULTS["batch_size"], seed=EVAL_DEFAULTS["seed"],
-            device=str(dev), workers=workers, progress=progress,
-        ))
-        last = {
-            "epoch": epoch, "lr": lr, **train_metrics,
-            "val_clean_acc": val["clean_acc"], "val_robust_acc": val["robust_acc"],
-            "val_E_clean": val["E_clean"], "val_E_adv": val["E_adv"], "val_dE": val["dE"], "val_dEy": val["dEy"],
-            "val_images": val["n"], "val_attack_steps": config["val_attack_steps"],
-            "epoch_seconds": seconds, "images_per_s": train_metrics["train_images"] / seconds,
-            "eval_seconds": time.perf_counter() - began, "loss": config["loss"],
-        }
-        model.meta.metrics = {k: last[k] for k in ("epoch", "val_clean_acc", "val_robust_acc", "val_images")}
-        model.meta.metrics["val_attack"] = f"pgd{config['val_attack_steps']} {config['norm']} eps {config['eps']:.5f}"
-        save_classifier(model, out / "last.safetensors")
-        if epoch >= config["select_from"] and last["val_robust_acc"] > best["val_robust_acc"]:
-            best = {"epoch": epoch, "val_robust_acc": last["val_robust_acc"]}
-            save_classifier(model, out / "best.safetensors")
-        history.append(json.dumps(last, sort_keys=True))
-        atomic_write_text(out / "metrics.jsonl", "\n".join(history) + "\n")
-        # The commit point of this epoch. Saved through a file object: torch names the archive's folder after a
-        # path's file name (here a random temporary one) but "archive" for a file object, so the bytes repeat.
-        with atomic_path(out / "state.pt") as tmp, open(tmp, "wb") as f:
-            torch.save({
-                "epoch": epoch, "model": model.net.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "best_epoch": best["epoch"], "best_robust_acc": best["val_robust_acc"],
-            }, f)
-        log(_format_epoch(last, config["epochs"]))
-    if start > end:
-        log(f"{out} has already run {start - 1} of {config['epochs']} epochs: nothing to do")
-    return {
-        "out": str(out), "rank": rank, "epochs_done": last["epoch"] if last else end, "epochs": config["epochs"],
-        "last": last, "best": best,
-        "checkpoints": {"last": str(out / "last.safetensors"), "best": str(out / "best.safetensors")},
-        "config": config,
+    val = summarize(collect_energies(
+        model, run.val_data, val_attack, batch_size=EVAL_DEFAULTS["batch_size"], seed=EVAL_DEFAULTS["seed"],
+        device=str(run.session.dev), workers=run.session.workers, progress=run.session.progress,
+    ))
+    last = {
+        "epoch": epoch, "lr": lr, **train_metrics,
+        "val_clean_acc": val["clean_acc"], "val_robust_acc": val["robust_acc"],
+        "val_E_clean": val["E_clean"], "val_E_adv": val["E_adv"], "val_dE": val["dE"], "val_dEy": val["dEy"],
+        "val_images": val["n"], "val_attack_steps": config["val_attack_steps"],
+        "epoch_seconds": seconds, "images_per_s": train_metrics["train_images"] / seconds,
+        "eval_seconds": time.perf_counter() - began, "loss": config["loss"],
     }
+    model.meta.metrics = {k: last[k] for k in ("epoch", "val_clean_acc", "val_robust_acc", "val_images")}
+    model.meta.metrics["val_attack"] = f"pgd{config['val_attack_steps']} {config['norm']} eps {config['eps']:.5f}"
+    save_classifier(model, out / "last.safetensors")
+    if epoch >= config["select_from"] and last["val_robust_acc"] > done.best["val_robust_acc"]:
+        done.best = {"epoch": epoch, "val_robust_acc": last["val_robust_acc"]}
+        save_classifier(model, out / "best.safetensors")
+    done.history.append(json.dumps(last, sort_keys=True))
+    done.last = last
+    atomic_write_text(out / "metrics.jsonl", "\n".join(done.history) + "\n")
+    # The commit point of this epoch. Saved through a file object: torch names the archive's folder after a
+    # path's file name (here a random temporary one) but "archive" for a file object, so the bytes repeat.
+    with atomic_path(out / "state.pt") as tmp, open(tmp, "wb") as f:
+        torch.save({
+            "epoch": epoch, "model": model.net.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
+            "best_epoch": done.best["epoch"], "best_robust_acc": done.best["val_robust_acc"],
+        }, f)
+    run.session.log(_format_epoch(last, config["epochs"]))
