@@ -22,6 +22,7 @@ import re
 import shutil
 import time
 import zipfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -389,6 +390,13 @@ def _class_ids(meta, classes: list[int | str] | None) -> list[int]:
     return class_ids
 
 
+def _commit_chunk(out: Path, path: Path, chunk: dict, lo: int, settings: dict, names: list[str]) -> None:
+    """The chunk's PNGs, then its chunk file: the file is the commit point a resumed run trusts."""
+    _save_pngs(out, chunk, lo, settings["n"], names)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **chunk, run=np.array(run_id(settings)))
+
+
 def _run_chunks(plan: _Plan, progress: bool) -> tuple[int, int]:
     """Make this rank's chunks that are not on disk yet; (chunks computed, damaged or foreign chunks replaced)."""
     meta, settings, size = plan.model.meta, plan.settings, plan.batch_size
@@ -396,17 +404,23 @@ def _run_chunks(plan: _Plan, progress: bool) -> tuple[int, int]:
     name = f"sample {settings['sampler']}"
     bar = tqdm(plan.mine, desc=f"{name} rank {plan.rank}" if plan.world > 1 else name, unit="chunk",
                disable=not progress, leave=False)
-    for k in bar:
-        path, lo = plan.chunk_paths[k], k * size
-        if _reusable(path, settings, plan.labels[lo: lo + size]):
-            continue
-        replaced += path.is_file()
-        chunk = _make_chunk(plan.model, plan.fit, plan.labels[lo: lo + size], tuple(meta.input_shape), settings,
-                            plan.cfg, plan.dev, k)
-        _save_pngs(plan.out, chunk, lo, settings["n"], meta.class_names)
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, **chunk, run=np.array(run_id(settings)))
-        computed += 1
+    # One writer thread encodes a chunk's PNGs while the next chunk samples (PIL and torch release the GIL); at most
+    # two chunks wait for it, and leaving the block waits for every write, so a failure loses no finished chunk.
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pending: list[Future] = []
+        for k in bar:
+            path, lo = plan.chunk_paths[k], k * size
+            if _reusable(path, settings, plan.labels[lo: lo + size]):
+                continue
+            replaced += path.is_file()
+            chunk = _make_chunk(plan.model, plan.fit, plan.labels[lo: lo + size], tuple(meta.input_shape), settings,
+                                plan.cfg, plan.dev, k)
+            pending.append(writer.submit(_commit_chunk, plan.out, path, chunk, lo, settings, meta.class_names))
+            if len(pending) > 2:
+                pending.pop(0).result()
+            computed += 1
+        for done in pending:
+            done.result()
     if plan.world > 1:
         import torch.distributed as dist
 
