@@ -75,6 +75,8 @@ def random_start(x: Tensor, eps: float, norm: str, kind: str | None, generator: 
 
 
 NORMS = ("linf", "l2")
+# The usual radius of each threat model on CIFAR-sized images (RobustBench: Linf 8/255, L2 0.5).
+NORM_EPS = {"linf": 8 / 255, "l2": 0.5}
 
 
 def check_radius(eps: float, norm: str, shape: tuple[int, ...]) -> None:
@@ -174,6 +176,16 @@ class AttackSpec:
             raise RobgenError(f"attack method {self.method!r} does not read {options}; drop it or choose an attack "
                               "that does")
         return dataclasses.replace(self, **changes)
+
+    def in_norm(self, norm: str | None) -> "AttackSpec":
+        """The same attack in another threat model: radius and step scaled by the ratio of the two norms' usual radii
+        (NORM_EPS), so pgd20 in l2 is pgd20-l2. None or the attack's own norm: unchanged."""
+        if norm is None or norm == self.norm or self.method == "none":
+            return self
+        if norm not in NORMS:
+            raise RobgenError(f"unknown norm {norm!r}; use {' or '.join(NORMS)}")
+        scale = NORM_EPS[norm] / NORM_EPS[self.norm]
+        return dataclasses.replace(self, norm=norm, eps=self.eps * scale, step_size=self.step_size * scale)
 
     def settings(self) -> dict:
         """The fields that this method reads (reports do not list a step size AutoAttack never uses)."""

@@ -184,6 +184,8 @@ def import_cmd(src, arch, out, data, mean, std, fp16, overwrite):
 @data_root_option
 @download_option
 @click.option("--attack", default=EVAL_DEFAULTS["attack"], help="none, fgsm, pgd20, pgd-l2, pgd-targeted, trades, apgd-ce, ...")
+@click.option("--norm", default=None, help="run the attack in this threat model (linf or l2) at its usual radius "
+              "(8/255, 0.5), step scaled alike; default: the attack's own")
 @click.option("--eps", type=FLOAT, default=None, help="override the attack's radius, e.g. 8/255")
 @click.option("--step-size", type=FLOAT, default=None, help="override the attack's step size, e.g. 2/255")
 @click.option("--steps", type=int, default=None, help="override the attack's number of steps")
@@ -192,12 +194,13 @@ def import_cmd(src, arch, out, data, mean, std, fp16, overwrite):
 @device_option
 @seed_option
 @json_option
-def eval_cmd(ckpt, data, data_root, download, attack, eps, step_size, steps, n, batch_size, device, seed, as_json):
+def eval_cmd(ckpt, data, data_root, download, attack, norm, eps, step_size, steps, n, batch_size, device, seed,
+             as_json):
     """Clean and robust accuracy, with mean E(x) and E(x,y) on clean and adversarial inputs."""
     from .attacks import ATTACKS
     from .evaluate import evaluate
 
-    spec = ATTACKS.get(attack).replace(eps=eps, step_size=step_size, steps=steps)
+    spec = ATTACKS.get(attack).in_norm(norm).replace(eps=eps, step_size=step_size, steps=steps)
     model, dataset, data = load_model_and_data(ckpt, data, "test", data_root, download, n, seed)
     r = evaluate(model, dataset, spec, batch_size=batch_size, seed=seed, device=device)
     r["attack"]["name"], r["data"], r["ckpt"] = attack, data, ckpt or "default"
@@ -269,23 +272,27 @@ def pct(value) -> str:
 @main.command("energy")
 @model_data_options
 @click.option("--attacks", default=",".join(ANALYSIS_DEFAULTS["attacks"]), help="comma-separated attack names")
+@click.option("--norm", default=None, help="run the attack in this threat model (linf or l2) at its usual radius "
+              "(8/255, 0.5), step scaled alike; default: the attack's own")
 @click.option("--n", default=ANALYSIS_DEFAULTS["n"], type=int, help="number of test images (a seeded random subset)")
 @analysis_run_options
-def energy_cmd(ckpt, data, data_root, download, attacks, n, batch_size, out, overwrite, device, seed, as_json):
+def energy_cmd(ckpt, data, data_root, download, attacks, norm, n, batch_size, out, overwrite, device, seed, as_json):
     """E(x) and E(x,y) of clean vs adversarial test images, per attack: histograms (PNG, PDF) and a JSON + CSV summary
     with the direction of the change in words and the TRADES KL split into its energy terms."""
     from . import plots
     from .analysis import attack_energies, attacks_csv, resolve_attacks
+    from .attacks import ATTACKS
     from .outputs import claim
     from .utils import atomic_write_text
 
     names = attacks.split(",")
     resolve_attacks(names)  # unknown names fail before any model or data is read
+    requested = {n.strip(): ATTACKS.get(n.strip()).in_norm(norm) for n in names if n.strip()}
     folder = analysis_dir(ckpt, out)
     claim([folder / f for f in ("energy_hist.png", "energy_hist.pdf", "energy_summary.csv", "energy_summary.json")],
           overwrite)
     model, dataset, data = load_model_and_data(ckpt, data, "test", data_root, download, n, seed)
-    report, rows = attack_energies(model, dataset, names, batch_size=batch_size, seed=seed, device=device)
+    report, rows = attack_energies(model, dataset, requested, batch_size=batch_size, seed=seed, device=device)
     report.update(ckpt=ckpt or "default", data=data)
     figure = plots.energy_histograms(report, rows)
     report["files"] = [str(p) for p in plots.save_figure(figure, folder / "energy_hist.png")]
@@ -358,6 +365,8 @@ def phases_cmd(run_dirs, out, smooth, overwrite, baseline_epochs, k, min_rise, a
 @data_root_option
 @download_option
 @click.option("--attack", default=ANALYSIS_DEFAULTS["survey_attack"], help="the attack every model gets")
+@click.option("--norm", default=None, help="run the attack in this threat model (linf or l2) at its usual radius "
+              "(8/255, 0.5), step scaled alike; default: the attack's own")
 @click.option("--n", default=ANALYSIS_DEFAULTS["n"], type=int, help="number of test images (the same for every model)")
 @click.option("--batch-size", default=ANALYSIS_DEFAULTS["batch_size"], type=int)
 @click.option("--out", default="analysis/survey.png", type=click.Path(dir_okay=False),
@@ -366,8 +375,8 @@ def phases_cmd(run_dirs, out, smooth, overwrite, baseline_epochs, k, min_rise, a
 @device_option
 @seed_option
 @json_option
-def survey_cmd(ckpts, more_ckpts, data, data_root, download, attack, n, batch_size, out, overwrite, device, seed,
-               as_json):
+def survey_cmd(ckpts, more_ckpts, data, data_root, download, attack, norm, n, batch_size, out, overwrite, device,
+               seed, as_json):
     """Violin plots of dE(x) and dE(x,y) per model on the same test images, each labelled by its robust accuracy;
     the JSON gives each model's spread (std, IQR)."""
     from . import plots
@@ -376,7 +385,7 @@ def survey_cmd(ckpts, more_ckpts, data, data_root, download, attack, n, batch_si
     from .models.checkpoint import resolve_checkpoint
     from .outputs import claim
 
-    ATTACKS.get(attack)
+    attack_spec = ATTACKS.get(attack).in_norm(norm)
     out = plots.figure_path(out)  # a bad --out fails before the models run
     claim([out.with_suffix(s) for s in (".png", ".pdf", ".json")], overwrite)
     specs = [c.strip() for c in ckpts.split(",") if c.strip()] + list(more_ckpts)
@@ -390,7 +399,8 @@ def survey_cmd(ckpts, more_ckpts, data, data_root, download, attack, n, batch_si
     models = {}
     for name, spec in zip(names, specs):
         models[name], dataset, data = load_model_and_data(spec, data, "test", data_root, download, n, seed)
-    report, rows = survey(models, dataset, attack, batch_size=batch_size, seed=seed, device=device)
+    report, rows = survey(models, dataset, attack if norm is None else attack_spec, batch_size=batch_size, seed=seed,
+                          device=device)
     report.update(data=data, ckpts=dict(zip(names, map(str, paths))))
     report["files"] = [str(p) for p in plots.save_figure(plots.survey_figure(report, rows), out)]
     write_report(report, out.with_suffix(".json"))

@@ -2,6 +2,7 @@
 attacks under autocast, and start fits on every class image scaled by the class's own size."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -9,9 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
+from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 from conftest import write_image_folder
+from robgen.attacks import ATTACKS
+from robgen.cli import main
 from robgen.data import train_val_split
 from robgen.errors import RobgenError
 from robgen.models import ModelMeta, build_classifier
@@ -123,3 +127,29 @@ def test_legacy_fits_keep_their_scaling(tmp_path):
     old = load_fit(legacy)
     assert old.count.tolist() == [float(LEGACY_N)] * 3
     torch.testing.assert_close(old.singular_values(0, 2), fit.singular_values(0, 2) * math.sqrt((LEGACY_N - 1) / 11))
+
+
+def test_any_attack_runs_in_the_l2_threat_model(ckpt, folder):
+    assert ATTACKS.get("pgd20").in_norm("l2") == ATTACKS.get("pgd20-l2")
+    assert ATTACKS.get("pgd20-l2").in_norm("linf") == ATTACKS.get("pgd20")
+    assert ATTACKS.get("fgsm").in_norm("l2").step_size == pytest.approx(1.25 * 0.5)
+    base = ["eval", "--ckpt", str(ckpt), "--data", f"folder:{folder}", "--n", "6", "--json", "--device", "cpu"]
+    done = CliRunner().invoke(main, [*base, "--norm", "l2"])
+    assert done.exit_code == 0, done.output
+    attack = json.loads(done.stdout)["attack"]
+    assert (attack["norm"], attack["eps"], attack["step_size"]) == ("l2", 0.5, 0.125)
+    bad = CliRunner().invoke(main, [*base, "--norm", "l1"])
+    assert bad.exit_code == 1 and bad.output.strip() == "Error: unknown norm 'l1'; use linf or l2"
+
+
+def test_energy_and_survey_take_the_norm(ckpt, folder, tmp_path):
+    common = ["--data", f"folder:{folder}", "--n", "6", "--device", "cpu", "--norm", "l2"]
+    energy = CliRunner().invoke(main, ["energy", "--ckpt", str(ckpt), "--attacks", "pgd,fgsm", "--out",
+                                       str(tmp_path / "e"), *common])
+    assert energy.exit_code == 0, energy.output
+    report = json.loads((tmp_path / "e" / "energy_summary.json").read_text())
+    assert "norm': 'l2" in str(report) and "linf" not in str(report)
+    survey = CliRunner().invoke(main, ["survey", "--ckpts", f"{ckpt},{ckpt}", "--out", str(tmp_path / "s.png"),
+                                       *common])
+    assert survey.exit_code == 0, survey.output
+    assert json.loads((tmp_path / "s.json").read_text())["attack"]["norm"] == "l2"

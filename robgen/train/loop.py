@@ -28,7 +28,7 @@ from torch.utils.data._utils.worker import _generate_state  # how torch seeds Nu
 from tqdm import tqdm
 
 from .. import checks, distributed, energy
-from ..attacks import AttackSpec, check_radius
+from ..attacks import NORM_EPS, AttackSpec, check_radius
 from ..data import train_val_split
 from ..errors import RobgenError
 from ..evaluate import DEFAULTS as EVAL_DEFAULTS
@@ -66,9 +66,6 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "amp": "bf16",  # CUDA only: bf16 | fp16 | off (CPU always runs fp32)
 }
-
-# The usual radius of each threat model on CIFAR-sized images (RobustBench: Linf 8/255, L2 0.5).
-NORM_EPS = {"linf": 8 / 255, "l2": 0.5}
 
 # Presets over DEFAULTS. step_fraction (training attack step / eps, used when --step-size is not given) is a recipe
 # property: the stored config.json holds the resolved step_size.
