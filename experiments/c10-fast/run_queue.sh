@@ -11,7 +11,7 @@ run() {  # run NAME LOSS NORM
   local out=experiments/c10-fast/$1 what
   # A started run continues from its own config.json (the data path in it: unpack the JPEGs to the same place).
   if [ -f "$out/config.json" ]; then what=(--resume); else what=(--recipe fast --loss "$2" --norm "$3" --data "$DATA"); fi
-  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nice -n 10 robgen train "${what[@]}" --workers 0 --out "$out" \
+  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nice -n 5 robgen train "${what[@]}" --workers 0 --out "$out" \
     >> "experiments/c10-fast/$1.log" 2>&1
 }
 

@@ -31,6 +31,9 @@ class ModelMeta:
     dataset: str = ""
     recipe: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    # Sample options this model samples best with (SampleConfig field names), found by a sweep on training data;
+    # `sample` uses them where the caller sets nothing.
+    sampling: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         if not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool) or self.num_classes < 1:
@@ -52,7 +55,10 @@ class ModelMeta:
             raise RobgenError(f"std must be positive and finite (inputs are divided by it), got {self.std}")
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        data = dataclasses.asdict(self)
+        if not data["sampling"]:  # absent when empty: checkpoints made before the field keep their bytes
+            del data["sampling"]
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "ModelMeta":
