@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -12,18 +13,41 @@ from .attacks import ATTACKS, AttackSpec, attack_engine, run_attack
 from .models import Classifier
 from .utils import resolve_device
 
-DEFAULTS = {"attack": "pgd20", "n": 1000, "batch_size": 200, "seed": 0, "workers": 2}
+@dataclass(frozen=True)
+class RunConfig:
+    """How a model runs over a seeded subset of images: the base of every evaluation and analysis config."""
+
+    n: int = 1000  # images, a seeded random subset of the split
+    batch_size: int = 200
+    seed: int = 0  # the subset and the attacks' random starts
+    workers: int = 2  # data loader processes
+
+    def check(self) -> None:
+        """A one-line RobgenError for a bad number."""
+        checks.integer("--batch-size", self.batch_size)
+        checks.integer("--workers", self.workers, 0)
+        checks.seed(self.seed)
+
+
+@dataclass(frozen=True)
+class EvalConfig(RunConfig):
+    """`robgen eval` and evaluate(): the single source of their defaults."""
+
+    attack: str = "pgd20"
+
+
+EVAL = EvalConfig()
 
 
 def collect_energies(
     model: Classifier,
     data: Dataset,
-    attack: AttackSpec | str = DEFAULTS["attack"],
+    attack: AttackSpec | str = EVAL.attack,
     *,
-    batch_size: int = DEFAULTS["batch_size"],
-    seed: int = DEFAULTS["seed"],
+    batch_size: int = EVAL.batch_size,
+    seed: int = EVAL.seed,
     device: str | None = None,
-    workers: int = DEFAULTS["workers"],
+    workers: int = EVAL.workers,
     progress: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Per-sample labels, predictions and energies for clean inputs x and their adversarial x* (model in eval mode).
@@ -34,9 +58,7 @@ def collect_energies(
     split into the conditional term plus dE(x) is checked rather than assumed).
     """
     spec = ATTACKS.get(attack) if isinstance(attack, str) else attack
-    checks.integer("--batch-size", batch_size)
-    checks.integer("--workers", workers, 0)
-    checks.seed(seed)
+    RunConfig(batch_size=batch_size, seed=seed, workers=workers).check()
     dev = resolve_device(device)
     model = model.to(dev).eval()
     generator = torch.Generator().manual_seed(seed)
@@ -87,7 +109,7 @@ def summarize(rows: dict[str, torch.Tensor]) -> dict[str, float]:
 def evaluate(
     model: Classifier,
     data: Dataset,
-    attack: AttackSpec | str = DEFAULTS["attack"],
+    attack: AttackSpec | str = EVAL.attack,
     **kwargs,
 ) -> dict:
     """Clean/robust accuracy and mean energies of `model` on `data` under `attack` (see collect_energies)."""

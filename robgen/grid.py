@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +11,19 @@ from . import checks
 from .errors import RobgenError
 from .utils import IMAGE_SUFFIXES, atomic_path, folder_labels, open_image, read_json
 
-DEFAULTS = {"nrow": 8, "pad": 2, "labels": True}
+@dataclass(frozen=True)
+class GridConfig:
+    """`robgen grid` and grid(): the single source of their defaults."""
+
+    nrow: int = 8  # images per class
+    pad: int = 2  # pixels between images
+    labels: bool = True  # class names as row labels
 
 
-def mosaic(rows: list[np.ndarray], pad: int = DEFAULTS["pad"], ncol: int | None = None) -> np.ndarray:
+GRID = GridConfig()
+
+
+def mosaic(rows: list[np.ndarray], pad: int = GRID.pad, ncol: int | None = None) -> np.ndarray:
     """Tile rows of uint8 images (m, H, W, C) on a white background, `pad` pixels between and around them."""
     if not rows:
         raise RobgenError("no images to draw")
@@ -32,8 +42,8 @@ def render_grid(
     names: list[str],
     out: str | Path,
     *,
-    labels: bool = DEFAULTS["labels"],
-    pad: int = DEFAULTS["pad"],
+    labels: bool = GRID.labels,
+    pad: int = GRID.pad,
     pdf: bool = False,
 ) -> dict:
     """Write the grid as PNG (and PDF with the same stem if `pdf`); return its files, pixel shape and row labels."""
@@ -85,7 +95,7 @@ def _class_names_of(folder: Path) -> list[str] | None:
     return read_json(manifest)["class_names"] if manifest.is_file() else None
 
 
-def load_rows(source: str | Path, nrow: int = DEFAULTS["nrow"], classes: list[int] | None = None
+def load_rows(source: str | Path, nrow: int = GRID.nrow, classes: list[int] | None = None
               ) -> tuple[list[np.ndarray], list[str]]:
     """The first `nrow` images of each class, with class names, from a sample folder, its samples.npz, or any
     folder of class subfolders (`<index>_<name>/` from `robgen sample`, or plain `<name>/`)."""
@@ -137,8 +147,8 @@ def load_rows(source: str | Path, nrow: int = DEFAULTS["nrow"], classes: list[in
     return rows, names
 
 
-def grid(source: str | Path, out: str | Path, *, nrow: int = DEFAULTS["nrow"], classes: list[int] | None = None,
-         labels: bool = DEFAULTS["labels"], pad: int = DEFAULTS["pad"], overwrite: bool = False) -> dict:
+def grid(source: str | Path, out: str | Path, *, nrow: int = GRID.nrow, classes: list[int] | None = None,
+         labels: bool = GRID.labels, pad: int = GRID.pad, overwrite: bool = False) -> dict:
     """A paper figure from samples: PNG and PDF (same stem), one row per class. Existing files are replaced only
     with overwrite=True, and never a file of a run or sample folder."""
     from .outputs import claim

@@ -24,35 +24,47 @@ import torch
 from tqdm import tqdm
 
 from . import checks
+from .config import with_options
 from .errors import RobgenError
 from .registry import Registry
 from .utils import IMAGE_SUFFIXES, atomic_path, cache_dir, folder_labels, open_image, precision, resolve_device
 
-DEFAULTS: dict[str, Any] = {
-    "ref": "cifar10-train",
-    "fid": False,  # with no metric named, FID is computed
-    "kid": False,
-    "prc": False,
-    "isc": False,
-    "per_class": False,
-    "n": None,  # number of samples scored; None = all (a seeded random subset otherwise)
-    "ref_n": None,  # number of reference images; None = all (a random subset with seed 0 otherwise, for CPU budgets)
-    "batch_size": 64,  # images per extractor call (torch-fidelity's default); features do not depend on it
-    "backend": "torch-fidelity",
-    "feature_extractor": None,  # a torch-fidelity extractor name; None = Inception-v3 from the resolved weights
-    "inception_weights": None,  # path; None = ROBGEN_INCEPTION_WEIGHTS, then the caches, then download
-    "data_root": None,  # None = ROBGEN_DATA, else ./data
-    "download": False,
-    "seed": 0,
-    "kid_subsets": 100,
-    "kid_subset_size": 1000,  # shrunk to the smaller set's size when fewer images are there (reported)
-    "prc_neighborhood": 3,
-    "isc_splits": 10,
-    "device": "auto",
-    # channels_last convolutions: 1.5-2.9x faster on 2 shared CPU cores, FID moved by 1.6e-8 relative (bench_score.py,
-    # 1,000 CIFAR-10 images); False reproduces torch-fidelity's features bit for bit.
-    "channels_last": True,
-}
+@dataclass(frozen=True)
+class ScoreConfig:
+    """`robgen score` / `robgen stats`, score() and write_stats(): the single source of their defaults; check
+    validates them."""
+
+    ref: str = "cifar10-train"
+    fid: bool = False  # with no metric named, FID is computed
+    kid: bool = False
+    prc: bool = False
+    isc: bool = False
+    per_class: bool = False
+    n: int | None = None  # number of samples scored; None = all (a seeded random subset otherwise)
+    ref_n: int | None = None  # number of reference images; None = all (a random subset with seed 0, for CPU budgets)
+    batch_size: int = 64  # images per extractor call (torch-fidelity's default); features do not depend on it
+    backend: str = "torch-fidelity"
+    feature_extractor: str | None = None  # a torch-fidelity extractor name; None = Inception-v3 from the weights
+    inception_weights: str | None = None  # path; None = ROBGEN_INCEPTION_WEIGHTS, then the caches, then download
+    data_root: str | None = None  # None = ROBGEN_DATA, else ./data
+    download: bool = False
+    seed: int = 0
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000  # shrunk to the smaller set's size when fewer images are there (reported)
+    prc_neighborhood: int = 3
+    isc_splits: int = 10
+    device: str = "auto"
+    # channels_last convolutions: 1.5-2.9x faster on 2 shared CPU cores, FID moved by 1.6e-8 relative
+    # (bench_score.py, 1,000 CIFAR-10 images); False reproduces torch-fidelity's features bit for bit.
+    channels_last: bool = True
+
+    def check(self) -> ScoreConfig:
+        for key in ("batch_size", "kid_subsets", "kid_subset_size", "prc_neighborhood", "isc_splits"):
+            checks.integer(f"--{key.replace('_', '-')}", getattr(self, key))
+        checks.integer("--n", self.n, 2, none_ok=True)
+        checks.integer("--ref-n", self.ref_n, 2, none_ok=True)
+        checks.seed(self.seed)
+        return self
 
 
 # ---------------------------------------------------------------- images
@@ -194,24 +206,24 @@ class Extractor:
     channels_last: bool
 
 
-def build_extractor(opts: dict[str, Any], logits: bool) -> Extractor:
+def build_extractor(opts: ScoreConfig, logits: bool) -> Extractor:
     """Inception-v3 from the resolved weights, or any registered torch-fidelity extractor (tests use a tiny one)."""
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
     from torch_fidelity.utils import create_feature_extractor
 
     from .inception import full_weights_hint, resolve_weights
 
-    device = resolve_device(opts["device"])
+    device = resolve_device(opts.device)
     kwargs: dict[str, Any] = {"verbose": False}
-    if opts["feature_extractor"] is None:
-        weights = resolve_weights(opts["inception_weights"])
+    if opts.feature_extractor is None:
+        weights = resolve_weights(opts.inception_weights)
         if logits and not weights.has_head:
             raise RobgenError(f"--is needs Inception's 1008-way head, which {weights.source} lacks; pass "
                               f"--inception-weights with {full_weights_hint()}")
         name, sha, source = weights.extractor, weights.sha256, weights.source
         kwargs["feature_extractor_weights_path"] = str(weights.path)
     else:
-        name, sha, source = opts["feature_extractor"], None, opts["feature_extractor"]
+        name, sha, source = opts.feature_extractor, None, opts.feature_extractor
         if name not in FEATURE_EXTRACTORS_REGISTRY:
             raise RobgenError(f"unknown torch-fidelity feature extractor {name!r}")
     cls = FEATURE_EXTRACTORS_REGISTRY[name]
@@ -220,9 +232,9 @@ def build_extractor(opts: dict[str, Any], logits: bool) -> Extractor:
         layers.append(cls.get_default_feature_layer_for_metric("isc"))
     # Moved to the device here: torch-fidelity's cuda=True means cuda:0, whatever --device says.
     module = create_feature_extractor(name, layers, cuda=False, **kwargs).to(device)
-    if opts["channels_last"]:
+    if opts.channels_last:
         module = module.to(memory_format=torch.channels_last)
-    return Extractor(module, name, sha, source, logits, device, opts["channels_last"])
+    return Extractor(module, name, sha, source, logits, device, opts.channels_last)
 
 
 class Backend:
@@ -366,7 +378,7 @@ def _write_stats(path: Path, stats: dict[str, Any]) -> None:
             np.savez(f, **{k: v for k, v in stats.items() if k != "protocol"}, protocol=json.dumps(stats["protocol"]))
 
 
-def reference_stats(ref: str, backend: Backend, extractor: Extractor, opts: dict[str, Any]) -> dict[str, Any]:
+def reference_stats(ref: str, backend: Backend, extractor: Extractor, opts: ScoreConfig) -> dict[str, Any]:
     """Reference features and statistics, computed once per (reference, extractor weights, resize) and cached."""
     if ref.endswith(".npz") and not ref.startswith("folder:"):
         stats = _read_stats(Path(ref).expanduser())
@@ -378,10 +390,10 @@ def reference_stats(ref: str, backend: Backend, extractor: Extractor, opts: dict
         stats["protocol"] = {"reference_size": len(stats["features"]) if "features" in stats else None,
                              **have, "reference": f"{have.get('reference', 'unknown')} via {ref}"}
         return stats
-    images = load_reference_images(ref, opts["data_root"], opts["download"])
+    images = load_reference_images(ref, opts.data_root, opts.download)
     total = len(images)
     # Seed 0, not the run's seed: the same subset (and cache entry) serves every scored run.
-    images = subsample(images, opts["ref_n"], 0, "--ref-n")
+    images = subsample(images, opts.ref_n, 0, "--ref-n")
     if len(images) < total:
         ref = f"{ref} [seeded subset of {len(images)} of {total}]"
     key = json.dumps([images.fingerprint, _protocol_id(backend, extractor)], sort_keys=True)
@@ -390,7 +402,7 @@ def reference_stats(ref: str, backend: Backend, extractor: Extractor, opts: dict
     if path.exists():
         return _read_stats(path)
     blocks = path.with_suffix(".partial")
-    feats = _extract_in_blocks(images.images, backend, extractor, opts["batch_size"], f"reference {ref}", blocks)
+    feats = _extract_in_blocks(images.images, backend, extractor, opts.batch_size, f"reference {ref}", blocks)
     stats = {**statistics(feats), "features": feats, "labels": images.labels,
              "protocol": {**_protocol_id(backend, extractor), "reference": ref, "reference_size": len(images),
                           "precision": precision(extractor.device)}}
@@ -419,17 +431,9 @@ def _extract_in_blocks(images: torch.Tensor, backend: Backend, extractor: Extrac
 
 
 # ---------------------------------------------------------------- API
-def _options(overrides: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(overrides) - set(DEFAULTS)
-    if unknown:
-        raise TypeError(f"unknown score option(s): {', '.join(sorted(unknown))}")
-    opts = {**DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}}
-    for key in ("batch_size", "kid_subsets", "kid_subset_size", "prc_neighborhood", "isc_splits"):
-        checks.integer(f"--{key.replace('_', '-')}", opts[key])
-    checks.integer("--n", opts["n"], 2, none_ok=True)
-    checks.integer("--ref-n", opts["ref_n"], 2, none_ok=True)
-    checks.seed(opts["seed"])
-    return opts
+def _options(options: dict[str, Any]) -> ScoreConfig:
+    """ScoreConfig with the given options (None: the default), checked."""
+    return with_options(ScoreConfig, options, "score", skip_none=True).check()
 
 
 def write_stats(out: str | os.PathLike, overwrite: bool = False, **options: Any) -> dict[str, Any]:
@@ -439,9 +443,9 @@ def write_stats(out: str | os.PathLike, overwrite: bool = False, **options: Any)
 
     opts = _options(options)
     claim([out], overwrite)
-    backend = BACKENDS.get(opts["backend"])()
+    backend = BACKENDS.get(opts.backend)()
     extractor = build_extractor(opts, logits=False)
-    stats = reference_stats(opts["ref"], backend, extractor, opts)
+    stats = reference_stats(opts.ref, backend, extractor, opts)
     stats["protocol"] = {**stats["protocol"], "engine_version": backend.version()}
     _write_stats(Path(out), stats)
     return {"out": str(out), **stats["protocol"]}
@@ -464,49 +468,49 @@ def _per_class_fid(backend: Backend, samples: ImageSet, feats: np.ndarray, ref: 
 
 
 def score(samples: str | os.PathLike, **options: Any) -> dict[str, Any]:
-    """Score a sample run against a reference; options and defaults are DEFAULTS. Returns metrics and protocol."""
+    """Score a sample run against a reference; options are ScoreConfig's fields. Returns metrics and protocol."""
     opts = _options(options)
-    backend = BACKENDS.get(opts["backend"])()
-    wanted = [m for m in ("fid", "kid", "prc", "isc") if opts[m]] or ["fid"]
+    backend = BACKENDS.get(opts.backend)()
+    wanted = [m for m in ("fid", "kid", "prc", "isc") if getattr(opts, m)] or ["fid"]
     unsupported = [m for m in wanted if m not in backend.metrics]
     if unsupported:
         raise RobgenError(f"{backend.name} does not compute {', '.join(unsupported)}; use --backend torch-fidelity")
-    needs_ref = set(wanted) - {"isc"} or opts["per_class"]
-    images = subsample(load_samples(samples), opts["n"], opts["seed"])
+    needs_ref = set(wanted) - {"isc"} or opts.per_class
+    images = subsample(load_samples(samples), opts.n, opts.seed)
     extractor = build_extractor(opts, logits="isc" in wanted)
-    ref = reference_stats(opts["ref"], backend, extractor, opts) if needs_ref else None
+    ref = reference_stats(opts.ref, backend, extractor, opts) if needs_ref else None
     if ref is not None and ({"kid", "prc"} & set(wanted)) and "features" not in ref:
-        raise RobgenError(f"{opts['ref']} holds only mu/sigma; KID and precision/recall need reference features "
+        raise RobgenError(f"{opts.ref} holds only mu/sigma; KID and precision/recall need reference features "
                           "(write them with `robgen stats`)")
-    got = extract(images.images, backend, extractor, opts["batch_size"], "samples")
+    got = extract(images.images, backend, extractor, opts.batch_size, "samples")
     feats = got["features"]
     result: dict[str, Any] = {}
     if "fid" in wanted:
         result["fid"] = backend.fid(statistics(feats), ref)
     if "kid" in wanted:
-        subset = min(opts["kid_subset_size"], len(feats), len(ref["features"]))
-        result.update(backend.kid(feats, ref["features"].astype(np.float32), opts["kid_subsets"], subset,
-                                  opts["seed"]))
+        subset = min(opts.kid_subset_size, len(feats), len(ref["features"]))
+        result.update(backend.kid(feats, ref["features"].astype(np.float32), opts.kid_subsets, subset,
+                                  opts.seed))
         result["kid_subset_size"] = subset
     if "prc" in wanted:
         from torch_fidelity.metric_prc import prc_features_to_metric
 
         prc = prc_features_to_metric(torch.from_numpy(feats), torch.from_numpy(ref["features"].astype(np.float32)),
-                                     prc_neighborhood=opts["prc_neighborhood"], verbose=False)
+                                     prc_neighborhood=opts.prc_neighborhood, verbose=False)
         result.update(precision=prc["precision"], recall=prc["recall"], f_score=prc["f_score"])
     if "isc" in wanted:
         from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
 
-        isc = isc_features_to_metric(torch.from_numpy(got["logits"]), splits=opts["isc_splits"],
-                                     rng_seed=opts["seed"])
+        isc = isc_features_to_metric(torch.from_numpy(got["logits"]), splits=opts.isc_splits,
+                                     rng_seed=opts.seed)
         result.update(inception_score=isc[KEY_METRIC_ISC_MEAN], inception_score_std=isc[KEY_METRIC_ISC_STD])
-    if opts["per_class"]:
+    if opts.per_class:
         result["fid_per_class"] = _per_class_fid(backend, images, feats, ref)
     protocol = {**_protocol_id(backend, extractor), "engine_version": backend.version(),
                 "extractor_weights": extractor.weights_source, "samples": images.name, "num_samples": len(images),
-                "seed": opts["seed"], "channels_last": opts["channels_last"], "precision": precision(extractor.device)}
+                "seed": opts.seed, "channels_last": opts.channels_last, "precision": precision(extractor.device)}
     if ref is not None:
-        protocol.update(reference=ref["protocol"].get("reference", opts["ref"]),
+        protocol.update(reference=ref["protocol"].get("reference", opts.ref),
                         reference_size=ref["protocol"].get("reference_size"),
                         reference_precision=ref["protocol"].get("precision"))
     return {**result, "protocol": protocol}

@@ -101,7 +101,7 @@ def test_phase_detector_finds_the_known_boundaries(tmp_path):
     assert by_loss["sat"]["phase3_start"] == 25
     assert by_loss["trades"]["phase2_start"] is None
     assert by_loss["trades"]["phase3_start"] is None
-    assert result["settings"]["k"] == analysis.DEFAULTS["k"]
+    assert result["settings"]["k"] == analysis.PhaseConfig.k
 
 
 def test_read_metrics_skips_a_line_being_written_and_names_the_producer_when_missing(tmp_path):

@@ -157,7 +157,7 @@ def test_the_score_extractor_runs_on_the_requested_device(monkeypatch):
 
     # torch-fidelity's cuda=True means cuda:0; the "meta" device stands in for a second GPU here
     monkeypatch.setattr(metrics, "resolve_device", lambda name: torch.device(name))
-    extractor = metrics.build_extractor({**metrics.DEFAULTS, **test_score.tiny(), "device": "meta"}, logits=False)
+    extractor = metrics.build_extractor(metrics.ScoreConfig(**test_score.tiny(device="meta")), logits=False)
     assert {b.device.type for b in extractor.module.buffers()} == {"meta"}
 
 

@@ -25,7 +25,7 @@ import zipfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .. import checks, distributed
+from ..config import with_options
 from .. import energy as energies
 from ..errors import RobgenError
 from ..models import Classifier
@@ -265,32 +266,20 @@ def _plot_track(path: Path, track: dict[str, list[float]]) -> None:
         fig.savefig(tmp, format="png", dpi=120)
 
 
+def sample_config(config: SampleConfig | None, options: dict[str, Any]) -> SampleConfig:
+    """The SampleConfig a sample() call runs: `config` (default SampleConfig()) with `options` over it; an unknown
+    option is a one-line RobgenError."""
+    return with_options(SampleConfig, options, "sample", config)
+
+
 @distributed.ends_group
 @_releasing_locks
 def sample(
     ckpt: str | Path | None = None,
     classes: list[int | str] | None = None,
     *,
+    config: SampleConfig | None = None,
     out: str | Path | None = None,
-    n: int = DEFAULTS["n"],
-    init: str = DEFAULTS["init"],
-    sampler: str = DEFAULTS["sampler"],
-    energy: str = DEFAULTS["energy"],
-    steps: int = DEFAULTS["steps"],
-    step_size: float | None = DEFAULTS["step_size"],
-    momentum: float = DEFAULTS["momentum"],
-    noise: float = DEFAULTS["noise"],
-    alpha: float | None = DEFAULTS["alpha"],
-    norm: str = DEFAULTS["norm"],
-    eps: float | None = DEFAULTS["eps"],
-    retained: float = DEFAULTS["retained"],
-    sigma_pca: float = DEFAULTS["sigma_pca"],
-    data_noise: float = DEFAULTS["data_noise"],
-    fit_images: int | None = DEFAULTS["fit_images"],
-    early_stop: bool = DEFAULTS["early_stop"],
-    batch_size: int = DEFAULTS["batch_size"],
-    seed: int = DEFAULTS["seed"],
-    bf16: bool = DEFAULTS["bf16"],
     start_stats: str | Path | None = None,
     data: str | None = None,
     data_root: str | Path | None = None,
@@ -299,15 +288,14 @@ def sample(
     overwrite: bool = False,
     track: bool = False,
     progress: bool = True,
+    **options: Any,
 ) -> dict:
     """Sample n images per class from a classifier's energy; write the output layout above; return a result dict
-    (out, files, n_images, per-class mean E(x, y), chunks_computed / chunks_reused, seconds, ...)."""
+    (out, files, n_images, per-class mean E(x, y), chunks_computed / chunks_reused, seconds, ...).
+
+    What is made and how is `config` (default SampleConfig()) with `options`, SampleConfig's fields, over it."""
     began = time.perf_counter()
-    options = SampleConfig(
-        n=n, init=init, sampler=sampler, energy=energy, steps=steps, step_size=step_size, momentum=momentum,
-        noise=noise, alpha=alpha, norm=norm, eps=eps, retained=retained, sigma_pca=sigma_pca, data_noise=data_noise,
-        fit_images=fit_images, early_stop=early_stop, batch_size=batch_size, seed=seed, bf16=bf16,
-    )
+    options = sample_config(config, options)
     plan = _plan(ckpt, classes, options, out=out, device=device, overwrite=overwrite, progress=progress,
                  fit_from=dict(start_stats=start_stats, data=data, root=data_root, download=download))
     computed, replaced = _run_chunks(plan, progress)
