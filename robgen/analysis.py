@@ -367,6 +367,8 @@ def phases(run_dirs: Sequence[str | Path], **detector) -> dict:
 
 # ---------------------------------------------------------------- survey
 
+SURVEY_OUT = "analysis/survey.png"  # `robgen survey`'s figure unless --out
+
 
 def survey(
     models: Mapping[str, Classifier],

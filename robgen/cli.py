@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from .analysis import EnergyConfig, PhaseConfig, SurveyConfig, WeightsConfig
+from .analysis import SURVEY_OUT, EnergyConfig, PhaseConfig, SurveyConfig, WeightsConfig
 from .attacks import ATTACKS, NORM_EPS
 from .errors import RobgenError
 from .evaluate import EvalConfig
@@ -17,6 +17,7 @@ from .sample.generate import SampleConfig
 from .sample.samplers import SAMPLERS
 from .sample.starts import STARTS
 from .energy import TARGET_ENERGIES
+from .utils import to_json
 from .train import DEFAULT_RECIPE, LOSSES, RECIPES, SCHEDULES, TrainCall, TrainConfig, recipe_defaults
 
 
@@ -45,10 +46,6 @@ class RobgenGroup(click.Group):
 @click.version_option(package_name="robgen")
 def main():
     """Robust classifiers as energy-based models: train, analyse, sample, score."""
-
-
-def to_json(result: dict) -> str:
-    return json.dumps(result, indent=2, sort_keys=True, default=str)
 
 
 def emit(result: dict, as_json: bool, lines: list[str]) -> None:
@@ -116,53 +113,22 @@ NORM_HELP = ("run the attack in this threat model (" + " or ".join(NORM_EPS) + "
 norm_option = click.option("--norm", default=None, help=NORM_HELP)
 
 
-def check_compatible(meta, spec) -> None:
-    """A model can only be scored on data with its number of classes and input shape."""
-    if meta.num_classes != spec.num_classes or tuple(meta.input_shape) != tuple(spec.input_shape):
-        raise RobgenError(
-            f"checkpoint expects {meta.num_classes} classes of shape {tuple(meta.input_shape)}, but dataset "
-            f"{spec.name} has {spec.num_classes} classes of shape {tuple(spec.input_shape)}; pass a matching --data"
-        )
-
-
-def load_model_and_data(ckpt, data, split, data_root, download, n, seed):
-    """The checkpoint's classifier and a seeded n-image subset of `split` of --data (default: its own dataset),
-    checked to fit the model; returns (model, dataset, data name)."""
-    from .data import load_split
-    from .models.checkpoint import load_classifier
-
-    model = load_classifier(ckpt)
-    data = data or model.meta.dataset
-    if not data:
-        raise RobgenError("the checkpoint does not name its dataset; pass --data")
-    dataset, dspec = load_split(data, split, root=data_root, download=download, n=n, seed=seed)
-    check_compatible(model.meta, dspec)
-    return model, dataset, data
-
-
 @main.command("info")
 @ckpt_option
 @json_option
 def info_cmd(ckpt, as_json):
     """Metadata, parameter count, and a check that weights and architecture agree."""
-    from .models.checkpoint import checkpoint_id, load_classifier
+    from .models.checkpoint import checkpoint_info
 
-    model = load_classifier(ckpt)  # raises on any weight/architecture mismatch
-    meta = model.meta
-    result = {
-        **checkpoint_id(ckpt),
-        **{k: v for k, v in vars(meta).items()},
-        "parameters": sum(p.numel() for p in model.net.parameters()),
-        "weights_match_architecture": True,
-    }
-    emit(result, as_json, [
-        f"checkpoint  {result['path']}  (sha256 {result['sha256'][:16]})",
-        f"arch        {meta.arch}, {result['parameters']:,} parameters; weights match the architecture",
-        f"input       {meta.input_shape}, mean {meta.mean}, std {meta.std}",
-        f"classes     {meta.num_classes}: {', '.join(meta.class_names)}",
-        f"dataset     {meta.dataset or '-'}",
-        f"recipe      {json.dumps(meta.recipe, sort_keys=True) if meta.recipe else '-'}",
-        f"metrics     {json.dumps(meta.metrics, sort_keys=True) if meta.metrics else '-'}",
+    r = checkpoint_info(ckpt)  # raises on any weight/architecture mismatch
+    emit(r, as_json, [
+        f"checkpoint  {r['path']}  (sha256 {r['sha256'][:16]})",
+        f"arch        {r['arch']}, {r['parameters']:,} parameters; weights match the architecture",
+        f"input       {r['input_shape']}, mean {r['mean']}, std {r['std']}",
+        f"classes     {r['num_classes']}: {', '.join(r['class_names'])}",
+        f"dataset     {r['dataset'] or '-'}",
+        f"recipe      {json.dumps(r['recipe'], sort_keys=True) if r['recipe'] else '-'}",
+        f"metrics     {json.dumps(r['metrics'], sort_keys=True) if r['metrics'] else '-'}",
     ])
 
 
@@ -183,24 +149,10 @@ def import_cmd(src, arch, out, data, mean, std, fp16, overwrite):
     Reads with torch.load(weights_only=True): files that need arbitrary code are refused.
     RobustBench models take raw [0, 1] inputs, hence no normalisation unless --mean/--std say otherwise.
     """
-    import torch
+    from .models.checkpoint import import_file
 
-    from .data import dataset_spec
-    from .models import ModelMeta
-    from .models.checkpoint import import_checkpoint, save_classifier
-    from .outputs import claim
-    from pathlib import Path
-
-    claim([out], overwrite)
-    spec = dataset_spec(data)
-    channels = spec.input_shape[0]
-    meta = ModelMeta(
-        arch=arch, num_classes=spec.num_classes, input_shape=spec.input_shape,
-        mean=floats(mean) if mean else (0.0,) * channels, std=floats(std) if std else (1.0,) * channels,
-        class_names=spec.class_names or [], dataset=spec.name, recipe={"imported_from": Path(src).name},
-    )
-    model = import_checkpoint(src, meta)
-    save_classifier(model, out, dtype=torch.float16 if fp16 else None)
+    model = import_file(src, out, arch=arch, data=data, mean=floats(mean) if mean else None,
+                        std=floats(std) if std else None, fp16=fp16, overwrite=overwrite)
     click.echo(f"imported {src} as {model.meta.arch} ({model.meta.num_classes} classes) -> {out}")
 
 
@@ -219,21 +171,18 @@ def import_cmd(src, arch, out, data, mean, std, fp16, overwrite):
 @device_option
 @seed_option(EvalConfig)
 @json_option
-def eval_cmd(ckpt, data, data_root, download, attack, norm, eps, step_size, steps, n, batch_size, device, seed,
-             as_json):
+def eval_cmd(ckpt, data, data_root, download, norm, eps, step_size, steps, device, as_json, **options):
     """Clean and robust accuracy, with mean E(x) and E(x,y) on clean and adversarial inputs."""
-    from .attacks import ATTACKS
-    from .evaluate import evaluate
+    from .evaluate import evaluate_checkpoint
 
-    spec = ATTACKS.get(attack).in_norm(norm).replace(eps=eps, step_size=step_size, steps=steps)
-    model, dataset, data = load_model_and_data(ckpt, data, "test", data_root, download, n, seed)
-    r = evaluate(model, dataset, spec, batch_size=batch_size, seed=seed, device=device)
-    r["attack"]["name"], r["data"], r["ckpt"] = attack, data, ckpt or "default"
+    r = evaluate_checkpoint(ckpt, data, norm=norm, eps=eps, step_size=step_size, steps=steps, device=device,
+                            data_root=data_root, download=download, **options)
+    a, spec = r["attack"], r["spec"]
     emit(r, as_json, [
-        f"{r['ckpt']} on {data} test, {r['n']} images, attack {attack} "
-        f"(eps {spec.eps:.4f}, step {spec.step_size:.4f}, {spec.steps} steps), seed {seed}",
-        *([f"engine           {r['attack']['engine']}" + "".join(f", {r['attack'][k]}" for k in ("version", "note")
-                                                            if k in r["attack"])] if attack != "none" else []),
+        f"{r['ckpt']} on {r['data']} test, {r['n']} images, attack {a['name']} "
+        f"(eps {spec['eps']:.4f}, step {spec['step_size']:.4f}, {spec['steps']} steps), seed {r['seed']}",
+        *([f"engine           {a['engine']}" + "".join(f", {a[k]}" for k in ("version", "note") if k in a)]
+          if a["name"] != "none" else []),
         f"clean accuracy   {r['clean_acc']:.2f}%",
         f"robust accuracy  {r['robust_acc']:.2f}%",
         f"mean E(x)        clean {r['E_clean']:.3f}   adversarial {r['E_adv']:.3f}   dE(x) {r['dE']:+.3f}",
@@ -261,6 +210,8 @@ model_data_options = stack(
     data_root_option,
     download_option,
 )
+
+
 def analysis_run_options(config: type):
     return stack(
         config_option(config, "batch_size", type=int),
@@ -273,23 +224,6 @@ def analysis_run_options(config: type):
     )
 
 
-def analysis_dir(ckpt, out):
-    """--out, else analysis/<checkpoint name> under the current folder."""
-    from pathlib import Path
-
-    from .models.checkpoint import resolve_checkpoint
-
-    return Path(out) if out else Path("analysis") / resolve_checkpoint(ckpt).stem
-
-
-def write_report(result: dict, path) -> None:
-    """Record where everything went, then write the report itself as JSON (atomically) beside the figures."""
-    from .utils import atomic_write_text
-
-    result.setdefault("files", []).append(str(path))
-    atomic_write_text(path, to_json(result) + "\n")
-
-
 def pct(value) -> str:
     return "n/a" if value is None else f"{value:.1f}%"
 
@@ -300,30 +234,14 @@ def pct(value) -> str:
 @norm_option
 @config_option(EnergyConfig, "n", type=int, help="number of test images (a seeded random subset)")
 @analysis_run_options(EnergyConfig)
-def energy_cmd(ckpt, data, data_root, download, attacks, norm, n, batch_size, out, overwrite, device, seed, as_json):
+def energy_cmd(ckpt, data, data_root, download, attacks, norm, out, overwrite, device, as_json, **options):
     """E(x) and E(x,y) of clean vs adversarial test images, per attack: histograms (PNG, PDF) and a JSON + CSV summary
     with the direction of the change in words and the TRADES KL split into its energy terms."""
-    from . import plots
-    from .analysis import attack_energies, attacks_csv, resolve_attacks
-    from .attacks import ATTACKS
-    from .outputs import claim
-    from .utils import atomic_write_text
+    from .reports import energy_report
 
-    names = attacks.split(",")
-    resolve_attacks(names)  # unknown names fail before any model or data is read
-    requested = {n.strip(): ATTACKS.get(n.strip()).in_norm(norm) for n in names if n.strip()}
-    folder = analysis_dir(ckpt, out)
-    claim([folder / f for f in ("energy_hist.png", "energy_hist.pdf", "energy_summary.csv", "energy_summary.json")],
-          overwrite)
-    model, dataset, data = load_model_and_data(ckpt, data, "test", data_root, download, n, seed)
-    report, rows = attack_energies(model, dataset, requested, batch_size=batch_size, seed=seed, device=device)
-    report.update(ckpt=ckpt or "default", data=data)
-    figure = plots.energy_histograms(report, rows)
-    report["files"] = [str(p) for p in plots.save_figure(figure, folder / "energy_hist.png")]
-    atomic_write_text(folder / "energy_summary.csv", attacks_csv(report))
-    report["files"].append(str(folder / "energy_summary.csv"))
-    write_report(report, folder / "energy_summary.json")
-    lines = [f"{report['ckpt']} on {data} test, {report['n']} images, seed {seed}"]
+    report = energy_report(ckpt, data=data, norm=norm, out=out, overwrite=overwrite, device=device,
+                           data_root=data_root, download=download, attacks=tuple(attacks.split(",")), **options)
+    lines = [f"{report['ckpt']} on {report['data']} test, {report['n']} images, seed {report['seed']}"]
     for name, a in report["attacks"].items():
         lines.append(
             f"{name:<13} robust acc {a['robust_acc']:5.1f}%  success {pct(a['success_rate'])}  "
@@ -348,22 +266,15 @@ def energy_cmd(ckpt, data, data_root, download, attacks, norm, n, batch_size, ou
 @overwrite_option
 @config_option(PhaseConfig, "baseline_epochs", type=int, help="early epochs whose dE(x) counts as 'about 0'")
 @config_option(PhaseConfig, "k", type=float, help="baseline spreads dE(x) must move for phase 2")
-@config_option(PhaseConfig, "min_rise", type=float, help="points the final robust error must exceed its minimum for phase 3")
+@config_option(PhaseConfig, "min_rise", type=float,
+               help="points the final robust error must exceed its minimum for phase 3")
 @json_option
-def phases_cmd(run_dirs, out, smooth, overwrite, baseline_epochs, k, min_rise, as_json):
+def phases_cmd(run_dirs, out, overwrite, as_json, **settings):
     """Per-epoch train dE(x) beside PGD test error for training runs (their metrics.jsonl), with the starts of
     phases 2 and 3 detected and marked (the rule is printed with --json)."""
-    from pathlib import Path
+    from .reports import phases_report
 
-    from . import plots
-    from .analysis import phases
-    from .outputs import claim
-
-    path = plots.figure_path(out or Path(run_dirs[0]) / "phases.png")
-    claim([path.with_suffix(s) for s in (".png", ".pdf", ".json")], overwrite)
-    result = phases(run_dirs, smooth=smooth, baseline_epochs=baseline_epochs, k=k, min_rise=min_rise)
-    result["files"] = [str(p) for p in plots.save_figure(plots.phase_figure(result), path)]
-    write_report(result, path.with_suffix(".json"))
+    result = phases_report(run_dirs, out=out, overwrite=overwrite, **settings)
     lines = []
     for run in result["runs"]:
         ph = run["phases"]
@@ -390,42 +301,24 @@ def phases_cmd(run_dirs, out, smooth, overwrite, baseline_epochs, k, min_rise, a
 @norm_option
 @config_option(SurveyConfig, "n", type=int, help="number of test images (the same for every model)")
 @config_option(SurveyConfig, "batch_size", type=int)
-@click.option("--out", default="analysis/survey.png", type=click.Path(dir_okay=False),
+@click.option("--out", default=SURVEY_OUT, type=click.Path(dir_okay=False),
               help="figure file, .png (a .pdf and a .json go beside it)")
 @overwrite_option
 @device_option
 @seed_option(SurveyConfig)
 @json_option
-def survey_cmd(ckpts, more_ckpts, data, data_root, download, attack, norm, n, batch_size, out, overwrite, device,
-               seed, as_json):
+def survey_cmd(ckpts, more_ckpts, data, data_root, download, norm, out, overwrite, device, as_json, **options):
     """Violin plots of dE(x) and dE(x,y) per model on the same test images, each labelled by its robust accuracy;
     the JSON gives each model's spread (std, IQR)."""
-    from . import plots
-    from .analysis import survey
-    from .attacks import ATTACKS
-    from .models.checkpoint import resolve_checkpoint
-    from .outputs import claim
+    from .reports import survey_report
 
-    attack_spec = ATTACKS.get(attack).in_norm(norm)
-    out = plots.figure_path(out)  # a bad --out fails before the models run
-    claim([out.with_suffix(s) for s in (".png", ".pdf", ".json")], overwrite)
     specs = [c.strip() for c in ckpts.split(",") if c.strip()] + list(more_ckpts)
     if not specs:
         raise RobgenError(f"--ckpts {ckpts!r} names no checkpoint; pass --ckpts A B C (or A,B,C)")
-    paths = [resolve_checkpoint(c) for c in specs]
-    # Models are named by file name, with the folder where two files share a name, numbered if still ambiguous.
-    stems = [p.stem for p in paths]
-    names = [p.stem if stems.count(p.stem) == 1 else f"{p.resolve().parent.name}/{p.stem}" for p in paths]
-    names = [n if names.count(n) == 1 else f"{n}#{i + 1}" for i, n in enumerate(names)]
-    models = {}
-    for name, spec in zip(names, specs):
-        models[name], dataset, data = load_model_and_data(spec, data, "test", data_root, download, n, seed)
-    report, rows = survey(models, dataset, attack if norm is None else attack_spec, batch_size=batch_size, seed=seed,
-                          device=device)
-    report.update(data=data, ckpts=dict(zip(names, map(str, paths))))
-    report["files"] = [str(p) for p in plots.save_figure(plots.survey_figure(report, rows), out)]
-    write_report(report, out.with_suffix(".json"))
-    lines = [f"{len(models)} models on {data} test, {report['n']} images, attack {attack}, seed {seed}"]
+    report = survey_report(specs, data=data, norm=norm, out=out, overwrite=overwrite, device=device,
+                           data_root=data_root, download=download, **options)
+    lines = [f"{len(report['models'])} models on {report['data']} test, {report['n']} images, attack "
+             f"{options['attack']}, seed {report['seed']}"]
     for m in report["models"]:
         sp = m["spread"]
         lines.append(
@@ -441,22 +334,16 @@ def survey_cmd(ckpts, more_ckpts, data, data_root, download, attack, norm, n, ba
 @config_option(WeightsConfig, "split", type=click.Choice(["train", "test"]), help="which images to weigh")
 @config_option(WeightsConfig, "n", type=int, help="number of images (a seeded random subset)")
 @analysis_run_options(WeightsConfig)
-def weights_cmd(ckpt, data, data_root, download, split, n, batch_size, out, overwrite, device, seed, as_json):
+def weights_cmd(ckpt, data, data_root, download, out, overwrite, device, as_json, **options):
     """WEAT's weight w(x) = 1/log(1+exp(|E(x)|)) against E(x), and the histogram of weights: what WEAT emphasises."""
-    from . import plots
-    from .analysis import weights
-    from .outputs import claim
+    from .reports import weights_report
 
-    folder = analysis_dir(ckpt, out)
-    claim([folder / f for f in ("weights.png", "weights.pdf", "weights.json")], overwrite)
-    model, dataset, data = load_model_and_data(ckpt, data, split, data_root, download, n, seed)
-    report, rows = weights(model, dataset, batch_size=batch_size, seed=seed, device=device)
-    report.update(ckpt=ckpt or "default", data=data, split=split)
-    report["files"] = [str(p) for p in plots.save_figure(plots.weights_figure(report, rows), folder / "weights.png")]
-    write_report(report, folder / "weights.json")
+    report = weights_report(ckpt, data=data, out=out, overwrite=overwrite, device=device, data_root=data_root,
+                            download=download, **options)
     w = report["weight"]
     lines = [
-        f"{report['ckpt']} on {data} {split}, {report['n']} images, clean accuracy {report['clean_acc']:.1f}%",
+        f"{report['ckpt']} on {report['data']} {report['split']}, {report['n']} images, clean accuracy "
+        f"{report['clean_acc']:.1f}%",
         f"E(x)    mean {report['E']['mean']:+.3f}  range [{report['E']['min']:+.3f}, {report['E']['max']:+.3f}]",
         f"w(x)    mean {w['mean']:.4f}  std {w['std']:.4f}  range [{w['min']:.4f}, {w['max']:.4f}]  "
         f"(w at E = 0: {report['weight_at_E0']:.4f})",
@@ -548,32 +435,15 @@ def sample_cmd(ckpt, class_, classes, out, overwrite, track, start_stats, data, 
 @json_option
 def fit_start_cmd(ckpt, data, init, retained, fit_images, out, overwrite, data_root, download, device, as_json):
     """Fit class-wise start statistics (mean, PCA, mean training energy) and export them for shipping."""
-    from pathlib import Path
+    from .sample.starts import export_fit
 
-    from .models.checkpoint import checkpoint_id, load_classifier
-    from .outputs import claim
-    from .sample.starts import STARTS, fit_starts, save_fit
-    from .utils import resolve_device
-
-    claim([out], overwrite)
-    STARTS.get(init)
-    model = load_classifier(ckpt, resolve_device("cpu" if device == "auto" else device))
-    data = data or model.meta.dataset
-    if not data:
-        raise RobgenError("the checkpoint does not name its dataset; pass --data")
-    fit = fit_starts(data, model=model, checkpoint_sha256=checkpoint_id(ckpt)["sha256"], per_class=fit_images,
-                     root=data_root, download=download, progress=not as_json)
-    if init == "pca":
-        fit = fit.truncated(retained)
-    elif init != "data":
-        fit.images = []
-    save_fit(fit, out)
-    sizes = [len(s) for s in fit.std]
-    r = {"out": str(out), "init": init, "data": data, "classes": fit.num_classes, "components": sizes,
-         "bytes": Path(out).stat().st_size}
+    r = export_fit(ckpt, out, init=init, data=data, retained=retained, per_class=fit_images, overwrite=overwrite,
+                   root=data_root, download=download, device=device, progress=not as_json)
+    sizes = r["components"]
     emit(r, as_json, [
-        f"fitted {init} starts on {data} ({'every image' if fit_images is None else fit_images} per class, {fit.num_classes} classes), "
-        f"{min(sizes)}-{max(sizes)} components per class -> {out} ({r['bytes'] / 2**20:.1f} MiB)",
+        f"fitted {init} starts on {r['data']} ({'every image' if fit_images is None else fit_images} per class, "
+        f"{r['classes']} classes), {min(sizes)}-{max(sizes)} components per class -> {out} "
+        f"({r['bytes'] / 2**20:.1f} MiB)",
     ])
 
 

@@ -1,6 +1,7 @@
 """Clean and robust accuracy with the energies of clean and adversarial inputs, in one pass over the data."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -9,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from . import checks, energy
+from .config import with_options
 from .attacks import ATTACKS, AttackSpec, attack_engine, run_attack
 from .models import Classifier
 from .utils import resolve_device
@@ -106,6 +108,19 @@ def summarize(rows: dict[str, torch.Tensor]) -> dict[str, float]:
     }
 
 
+def load_model_and_data(ckpt, data: str | None, split: str, data_root, download: bool, n: int | None, seed: int):
+    """The checkpoint's classifier and a seeded n-image subset of `split` of `data` (default: the checkpoint's own
+    dataset), checked to fit the model; returns (model, dataset, data name)."""
+    from .data import load_split
+    from .models.checkpoint import load_classifier
+
+    model = load_classifier(ckpt)
+    data = model.meta.dataset_or(data)
+    dataset, spec = load_split(data, split, root=data_root, download=download, n=n, seed=seed)
+    model.meta.check_fits(spec)
+    return model, dataset, data
+
+
 def evaluate(
     model: Classifier,
     data: Dataset,
@@ -119,3 +134,18 @@ def evaluate(
     result["attack"] = {"name": attack if isinstance(attack, str) else spec.method, **spec.settings(), **attack_engine(spec)}
     result["seconds"] = round(time.perf_counter() - start, 2)
     return result
+
+
+def evaluate_checkpoint(ckpt=None, data: str | None = None, *, norm: str | None = None, eps: float | None = None,
+                        step_size: float | None = None, steps: int | None = None, device: str | None = None,
+                        data_root=None, download: bool = False, **options) -> dict:
+    """`robgen eval`: evaluate() of a checkpoint on its dataset's (or `data`'s) test images, with the attack run in
+    `norm`'s threat model and its eps, step size and steps replaced where given. `options` are EvalConfig's fields;
+    the report adds the attack's name and resolved spec, the data and the checkpoint."""
+    c = with_options(EvalConfig, options, "eval")
+    spec = ATTACKS.get(c.attack).in_norm(norm).replace(eps=eps, step_size=step_size, steps=steps)
+    model, dataset, data = load_model_and_data(ckpt, data, "test", data_root, download, c.n, c.seed)
+    r = evaluate(model, dataset, spec, batch_size=c.batch_size, seed=c.seed, device=device, workers=c.workers)
+    r["attack"]["name"], r["data"], r["ckpt"], r["seed"] = c.attack, data, ckpt or "default", c.seed
+    r["spec"] = dataclasses.asdict(spec)
+    return r

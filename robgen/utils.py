@@ -110,6 +110,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def to_json(result: dict) -> str:
+    """A result as robgen prints and writes it: indented, keys sorted, anything else as its str()."""
+    return json.dumps(result, indent=2, sort_keys=True, default=str)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -187,3 +187,11 @@ def test_bad_inputs_give_one_line_errors(ckpt, folder, tmp_path):
         assert result.exit_code == 1, result.output
         assert message in result.output and result.output.count("\n") == 1, result.output
     assert not (tmp_path / "never").exists()  # nothing is written on bad input
+
+
+def test_survey_names_models_by_file_then_folder_then_number(tmp_path):
+    from robgen.reports import model_names
+
+    paths = [tmp_path / "a" / "m.safetensors", tmp_path / "b" / "m.safetensors", tmp_path / "c.safetensors",
+             tmp_path / "x" / "d" / "n.safetensors", tmp_path / "y" / "d" / "n.safetensors"]
+    assert model_names(paths) == ["a/m", "b/m", "c", "d/n#4", "d/n#5"]

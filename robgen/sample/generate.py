@@ -52,7 +52,7 @@ class SampleConfig:
     this as a dict); `check` validates it."""
 
     n: int = 64  # images per class
-    init: str = "pca"  # the paper's best start
+    init: str = st.DEFAULTS["init"]  # the paper's best start
     sampler: str = "sgld"
     energy: str = "joint"  # E(x, y)
     steps: int = 40  # PAPER.md: 20-50
