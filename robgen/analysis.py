@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from .attacks import ATTACKS, AttackSpec, attack_engine, unavailable
 from .errors import RobgenError
 from .config import with_options
 from .evaluate import RunConfig, collect_energies, summarize
+from .run_folder import epoch_robust_acc, read_metrics, run_loss
 from .models import Classifier
 
 @dataclass(frozen=True)
@@ -241,65 +241,6 @@ def attacks_csv(report: dict) -> str:
 
 
 # ---------------------------------------------------------------- phases
-
-METRICS_FILE = "metrics.jsonl"
-REQUIRED_METRICS = ("epoch", "train_dE")
-# Per-epoch robust accuracy: on the validation split held out of the training set (runs since the fast recipe);
-# older runs measured it on a test subset.
-ROBUST_ACC_KEYS = ("val_robust_acc", "test_robust_acc")
-
-
-def epoch_robust_acc(record: dict) -> float | None:
-    return next((float(record[k]) for k in ROBUST_ACC_KEYS if record.get(k) is not None), None)
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The per-epoch records of a training run, by epoch (a resumed run's later record of an epoch wins).
-
-    A truncated last line (the trainer is writing it right now) is ignored; any other bad line is an error.
-    """
-    run = Path(run_dir)
-    path = run / METRICS_FILE
-    if not path.is_file():
-        what = "is not a folder" if not run.is_dir() else f"has no {METRICS_FILE}"
-        raise RobgenError(f"run folder {run} {what}; {METRICS_FILE} is written by `robgen train --out {run}`")
-    text = path.read_text()
-    lines = text.splitlines()
-    by_epoch: dict[int, dict] = {}
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            if i == len(lines) and not text.endswith("\n"):
-                break
-            raise RobgenError(f"{path} line {i} is not JSON ({err.msg}); is it a robgen training log?") from None
-        missing = [k for k in REQUIRED_METRICS if not isinstance(record, dict) or record.get(k) is None]
-        if isinstance(record, dict) and epoch_robust_acc(record) is None:
-            missing.append(ROBUST_ACC_KEYS[0])
-        if missing:
-            raise RobgenError(f"{path} line {i} lacks {', '.join(missing)}; is it a robgen training log?")
-        by_epoch[int(record["epoch"])] = record
-    if not by_epoch:
-        raise RobgenError(f"{path} holds no epoch yet; let `robgen train` finish its first epoch")
-    return [by_epoch[e] for e in sorted(by_epoch)]
-
-
-def run_loss(run_dir: str | Path, records: list[dict]) -> str:
-    """The run's loss name from its metrics (else config.json, else the folder name), to label its curves."""
-    if records[-1].get("loss"):
-        return str(records[-1]["loss"])
-    config = Path(run_dir) / "config.json"
-    if config.is_file():
-        try:
-            loss = json.loads(config.read_text()).get("loss")
-        except (json.JSONDecodeError, AttributeError):
-            loss = None
-        if loss:
-            return str(loss)
-    return Path(run_dir).resolve().name
-
 
 def moving_average(values: Sequence[float], window: int) -> np.ndarray:
     """Centred moving average; the window shrinks at the ends, so the curve keeps its length and endpoints."""

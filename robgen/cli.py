@@ -18,7 +18,7 @@ from .sample.samplers import SAMPLERS
 from .sample.starts import STARTS
 from .energy import TARGET_ENERGIES
 from .utils import to_json
-from .train import DEFAULT_RECIPE, LOSSES, RECIPES, SCHEDULES, TrainCall, TrainConfig, recipe_defaults
+from .train import DEFAULT_RECIPE, LOSSES, RECIPES, SCHEDULES, TrainCall, recipe_defaults
 
 
 WRITE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,

@@ -1,7 +1,6 @@
 """Paper figures of samples: one row per class, class names as row labels."""
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,7 +8,8 @@ import numpy as np
 
 from . import checks
 from .errors import RobgenError
-from .utils import IMAGE_SUFFIXES, atomic_path, folder_labels, open_image, read_json
+from .sample_folder import class_names, npz_path
+from .utils import IMAGE_SUFFIXES, atomic_path, folder_labels, open_image, read_npz
 
 @dataclass(frozen=True)
 class GridConfig:
@@ -90,11 +90,6 @@ def _checked_arrays(npz: Path, images: np.ndarray, labels: np.ndarray) -> None:
         raise RobgenError(f"{npz}: label {int(labels.min())} is not a class; labels must be 0 or more")
 
 
-def _class_names_of(folder: Path) -> list[str] | None:
-    manifest = folder / "manifest.json"
-    return read_json(manifest)["class_names"] if manifest.is_file() else None
-
-
 def load_rows(source: str | Path, nrow: int = GRID.nrow, classes: list[int] | None = None
               ) -> tuple[list[np.ndarray], list[str]]:
     """The first `nrow` images of each class, with class names, from a sample folder, its samples.npz, or any
@@ -102,15 +97,12 @@ def load_rows(source: str | Path, nrow: int = GRID.nrow, classes: list[int] | No
     source = Path(source)
     if nrow <= 0:
         raise RobgenError(f"--nrow must be positive, got {nrow}")
-    npz = source if source.is_file() else source / "samples.npz"
+    npz = npz_path(source)
     if npz.is_file():
-        try:
-            with np.load(npz) as f:
-                images, labels = f["images"], f["labels"]
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-            raise RobgenError(f"{npz} is not a samples file with images and labels ({err})") from None
+        arrays = read_npz(npz, ("images", "labels"))
+        images, labels = arrays["images"], arrays["labels"]
         _checked_arrays(npz, images, labels)
-        names = _class_names_of(npz.parent) or [str(k) for k in range(int(labels.max(initial=-1)) + 1)]
+        names = class_names(npz.parent) or [str(k) for k in range(int(labels.max(initial=-1)) + 1)]
         if len(labels) and labels.max() >= len(names):
             raise RobgenError(f"{npz}: label {int(labels.max())} has no class name ({len(names)} classes in "
                               f"{npz.parent / 'manifest.json'})")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +13,8 @@ from tqdm import tqdm
 
 from .. import checks
 from ..errors import RobgenError
-from ..utils import IMAGE_SUFFIXES, folder_labels, open_image
+from ..sample_folder import npz_path
+from ..utils import IMAGE_SUFFIXES, folder_labels, open_image, read_npz
 
 
 @dataclass
@@ -50,21 +50,8 @@ def _check_count(images: torch.Tensor, where: str) -> None:
         raise RobgenError(f"{where}: {len(images)} image(s); scoring needs at least 2")
 
 
-def npz_arrays(path: Path, needed: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """All arrays of an .npz, or a one-line error for a corrupt file or a missing array."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise RobgenError(f"{path}: not a readable .npz ({err})") from None
-    missing = [k for k in needed if k not in arrays]
-    if missing:
-        raise RobgenError(f"{path}: no {', '.join(map(repr, missing))} array (has {', '.join(arrays) or 'nothing'})")
-    return arrays
-
-
 def _load_npz(path: Path) -> ImageSet:
-    data = npz_arrays(path, ("images",))
+    data = read_npz(path, ("images",))
     images = _as_rgb_nchw(data["images"], str(path))
     labels = data["labels"].astype(np.int64) if "labels" in data else np.full(len(images), -1, np.int64)
     if len(labels) != len(images):
@@ -101,8 +88,8 @@ def _load_folder(root: Path) -> ImageSet:
 def load_samples(spec: str | os.PathLike) -> ImageSet:
     """A `robgen sample` run folder (its samples.npz), an .npz with `images` [+ `labels`], or a tree of images."""
     path = Path(spec).expanduser()
-    if path.is_dir() and (path / "samples.npz").is_file():
-        return _load_npz(path / "samples.npz")
+    if path.is_dir() and npz_path(path).is_file():
+        return _load_npz(npz_path(path))
     if path.is_file() and path.suffix == ".npz":
         return _load_npz(path)
     if path.is_dir():

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from ..errors import RobgenError
-from ..utils import atomic_path, cache_dir, precision
+from ..utils import atomic_path, cache_dir, precision, read_npz
 from .config import ScoreConfig
 from .engines import Backend, Extractor, extract
-from .images import load_reference_images, npz_arrays, subsample
+from .images import load_reference_images, subsample
 
 
 def protocol_id(backend: Backend, extractor: Extractor) -> dict[str, Any]:
@@ -32,7 +32,7 @@ def protocol_id(backend: Backend, extractor: Extractor) -> dict[str, Any]:
 
 def read_stats(path: Path) -> dict[str, Any]:
     """A statistics file, checked: mu and sigma that fit, features that match, the protocol as a dict."""
-    stats: dict[str, Any] = npz_arrays(path, ("mu", "sigma"))
+    stats: dict[str, Any] = read_npz(path, ("mu", "sigma"))
     mu, sigma = stats["mu"], stats["sigma"]
     if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
         raise RobgenError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not fit (want D and D x D)")

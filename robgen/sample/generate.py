@@ -6,11 +6,7 @@ which process makes which chunk. Under torchrun each rank makes chunks k = rank,
 written atomically to OUT/chunks/ (a shared folder), and rank 0 merges them. A stopped run resumes from the chunks
 on disk when its settings match.
 
-Output layout (the contract with `robgen score`):
-    OUT/samples.npz      images uint8 (N, H, W, C), labels int64 (N,)
-    OUT/images/<class index, 2 digits>_<class name>/<index within class, 6 digits>.png
-    OUT/grid.png         first images of every class, one row per class
-    OUT/manifest.json    checkpoint path + sha256, settings, timing, final mean E(x, y) per class
+The output layout (the contract with `robgen score` and `robgen grid`) is robgen.sample_folder's.
 """
 from __future__ import annotations
 
@@ -18,7 +14,6 @@ import functools
 import hashlib
 import json
 import math
-import re
 import shutil
 import time
 import zipfile
@@ -38,12 +33,12 @@ from .. import energy as energies
 from ..errors import RobgenError
 from ..models import Classifier
 from ..outputs import LOCK_NAME, FolderLock
+from ..sample_folder import FILES, FORMAT, class_folder, write_manifest, write_npz
 from ..seeds import chunk_seed
 from ..utils import atomic_path, atomic_write_text, precision, read_json
 from . import starts as st
 from .samplers import SAMPLERS, SamplerConfig, descend
 
-FORMAT = "robgen-samples/1"
 
 
 @dataclass(frozen=True)
@@ -94,11 +89,7 @@ class SampleConfig:
 
 
 DEFAULTS = {**asdict(SampleConfig()), "grid_rows": 8}  # grid_rows: images per class in grid.png
-ARTEFACTS = ("chunks", "images", "samples.npz", "grid.png", "manifest.json", "energy_track.png")
-
-
-def class_folder(index: int, name: str) -> str:
-    return f"{index:02d}_{re.sub(r'[^A-Za-z0-9_.-]+', '-', name)}"
+ARTEFACTS = FILES
 
 
 def _rank0_first(fn: Callable, rank: int, world: int, others_too: bool = True):
@@ -228,27 +219,6 @@ def _save_pngs(out: Path, chunk: dict, first_item: int, n: int, names: list[str]
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(tmp, format="PNG")
-
-
-def _member(name: str) -> zipfile.ZipInfo:
-    """A zip entry with a fixed timestamp, so the same images give the same file bytes."""
-    return zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-
-
-def _write_npz(path: Path, chunk_files: list[Path], total: int, image_shape: tuple) -> None:
-    """samples.npz streamed chunk by chunk: memory stays one chunk whatever the number of images."""
-    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-        labels = []
-        with zf.open(_member("images.npy"), "w", force_zip64=True) as f:
-            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
-                      "shape": (total, *image_shape)}
-            np.lib.format.write_array_header_1_0(f, header)
-            for file in chunk_files:
-                with np.load(file) as chunk:
-                    f.write(np.ascontiguousarray(chunk["images"]).tobytes())
-                    labels.append(chunk["labels"])
-        with zf.open(_member("labels.npy"), "w", force_zip64=True) as f:
-            np.lib.format.write_array(f, np.concatenate(labels).astype(np.int64))
 
 
 def _plot_track(path: Path, track: dict[str, list[float]]) -> None:
@@ -435,9 +405,9 @@ def _finalise(plan: _Plan, computed: int, replaced: int, track: bool, began: flo
     }
     if track:
         manifest["track"] = result["track"]
-    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
+    path = write_manifest(out, manifest)
     result.update(seconds=seconds, start_source=plan.fit_source, n_images=len(plan.labels), settings=plan.settings,
-                  files={**result["files"], "manifest": str(out / "manifest.json")})
+                  files={**result["files"], "manifest": str(path)})
     return result
 
 
@@ -459,7 +429,7 @@ def _merge(out: Path, chunk_files: list[Path], labels: torch.Tensor, class_ids: 
                 track_sum[c] += chunk["track"][:, rows].sum(axis=1)
                 firsts[c].extend(chunk["images"][rows][: DEFAULTS["grid_rows"] - len(firsts[c])])
     image_shape = (shape[1], shape[2], shape[0])
-    _write_npz(out / "samples.npz", chunk_files, len(labels), image_shape)
+    write_npz(out / "samples.npz", chunk_files, len(labels), image_shape)
     render_grid([np.stack(firsts[c]) for c in class_ids], [names[c] for c in class_ids], out / "grid.png")
     files = {"npz": str(out / "samples.npz"), "images": str(out / "images"), "grid": str(out / "grid.png")}
     per_class = [{"index": c, "name": names[c], "n": count[c], "energy_mean": energy_sum[c] / count[c]}

@@ -36,8 +36,9 @@ from ..evaluate import EVAL, collect_energies, summarize
 from ..models import Classifier, ModelMeta, build_classifier
 from ..models.checkpoint import save_classifier
 from ..registry import Registry
+from ..run_folder import FILES, metrics_lines, read_config, write_config, write_metrics
 from ..seeds import epoch_seed
-from ..utils import atomic_path, atomic_write_text, precision, read_json
+from ..utils import atomic_path, precision
 from .losses import LOSSES, Loss, adversarial, batch_loss
 
 @dataclass(frozen=True)
@@ -131,7 +132,6 @@ class TrainCall:
     workers: int = 2  # data loader processes, kept across epochs
 
 
-FILES = ("config.json", "metrics.jsonl", "state.pt", "last.safetensors", "best.safetensors")
 # The keys of metrics.jsonl that `robgen phases` reads (one object per line, one line per epoch).
 METRIC_KEYS = (
     "epoch", "lr", "train_loss", "train_E_clean", "train_E_adv", "train_Ey_clean", "train_Ey_adv", "train_dE",
@@ -197,18 +197,6 @@ def recorded_recipe(config: dict, device: torch.device) -> dict:
     recipe["device"] = device.type
     recipe["precision"] = config["amp"] if device.type == "cuda" and config["amp"] != "off" else "fp32"
     return recipe
-
-
-def read_config(out: str | Path) -> dict | None:
-    """The recipe of the run in `out`, or None when there is none."""
-    path = Path(out) / "config.json"
-    if not path.is_file():
-        return None
-    config = read_json(path)
-    if not isinstance(config, dict) or "loss" not in config:
-        raise RobgenError(f"{path} is not a robgen training config (no recipe in it); restore it, or --overwrite "
-                          "to start the run again")
-    return config
 
 
 def _check_same_recipe(saved: dict, config: dict, out: Path) -> None:
@@ -628,9 +616,7 @@ def _restore(run: _Run, state: dict | None) -> _Progress:
     run.scheduler.load_state_dict(state["scheduler"])
     _load_scaler(run.scaler, state["scaler"], run.session.log)
     # Lines past the committed epoch come from an epoch that was killed before state.pt was written.
-    metrics = run.out / "metrics.jsonl"
-    lines = metrics.read_text().splitlines() if metrics.is_file() else []
-    history = [ln for ln in lines if ln.strip() and json.loads(ln)["epoch"] <= state["epoch"]]
+    history = [ln for ln in metrics_lines(run.out) if ln.strip() and json.loads(ln)["epoch"] <= state["epoch"]]
     best = {"epoch": state["best_epoch"], "val_robust_acc": state["best_robust_acc"]}
     return _Progress(state["epoch"] + 1, best, history, json.loads(history[-1]) if history else None)
 
@@ -648,7 +634,7 @@ def _write_config(run: _Run, *, resumed: bool, start: int) -> None:
     sessions = [p for p in saved if p["from_epoch"] < start]
     if not sessions or {k: v for k, v in sessions[-1].items() if k != "from_epoch"} != session:
         sessions.append({"from_epoch": start, **session})
-    atomic_write_text(out / "config.json", json.dumps({**config, "precision": sessions}, indent=2, sort_keys=True) + "\n")
+    write_config(out, {**config, "precision": sessions})
 
 
 def _log_start(run: _Run, *, resumed: bool, start: int) -> None:
@@ -730,7 +716,7 @@ def _evaluate_and_commit(run: _Run, done: _Progress, epoch: int, sums: EpochSums
         save_classifier(model, out / "best.safetensors")
     done.history.append(json.dumps(last, sort_keys=True))
     done.last = last
-    atomic_write_text(out / "metrics.jsonl", "\n".join(done.history) + "\n")
+    write_metrics(out, done.history)
     # The commit point of this epoch. Saved through a file object: torch names the archive's folder after a
     # path's file name (here a random temporary one) but "archive" for a file object, so the bytes repeat.
     with atomic_path(out / "state.pt") as tmp, open(tmp, "wb") as f:
