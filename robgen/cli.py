@@ -497,7 +497,7 @@ STEP_FRACTION_HELP = ("training attack step [eps x the recipe's fraction: "
 @train_option("epochs", "", type=int)
 @train_option("batch_size", "global batch size, split over DDP ranks", type=int)
 @train_option("lr", "peak learning rate", type=FLOAT)
-@train_option("schedule", f"{names(SCHEDULES)}, stepped per batch")
+@train_option("schedule", f"one of {names(SCHEDULES)}, stepped per batch")
 @train_option("norm", "threat model of the training and validation attacks: " + " or ".join(NORM_EPS))
 @click.option("--eps", type=FLOAT, default=None, help=EPS_HELP)
 @click.option("--step-size", type=FLOAT, default=None, help=STEP_FRACTION_HELP)

@@ -40,7 +40,6 @@ from . import starts as st
 from .samplers import SAMPLERS, SamplerConfig, descend
 
 
-
 @dataclass(frozen=True)
 class SampleConfig:
     """What a sample run makes and how: the single source of sample()'s and `robgen sample`'s defaults (DEFAULTS is
@@ -260,7 +259,7 @@ def sample(
     progress: bool = True,
     **options: Any,
 ) -> dict:
-    """Sample n images per class from a classifier's energy; write the output layout above; return a result dict
+    """Sample n images per class from a classifier's energy into robgen.sample_folder's layout; return a result dict
     (out, files, n_images, per-class mean E(x, y), chunks_computed / chunks_reused, seconds, ...).
 
     What is made and how is `config` (default SampleConfig()) with `options`, SampleConfig's fields, over it."""
