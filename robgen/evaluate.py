@@ -1,29 +1,55 @@
 """Clean and robust accuracy with the energies of clean and adversarial inputs, in one pass over the data."""
 from __future__ import annotations
 
+import dataclasses
 import time
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from . import checks, energy
+from .config import with_options
 from .attacks import ATTACKS, AttackSpec, attack_engine, run_attack
 from .models import Classifier
 from .utils import resolve_device
 
-DEFAULTS = {"attack": "pgd20", "n": 1000, "batch_size": 200, "seed": 0, "workers": 2}
+@dataclass(frozen=True)
+class RunConfig:
+    """How a model runs over a seeded subset of images: the base of every evaluation and analysis config."""
+
+    n: int = 1000  # images, a seeded random subset of the split
+    batch_size: int = 200
+    seed: int = 0  # the subset and the attacks' random starts
+    workers: int = 2  # data loader processes
+
+    def check(self) -> None:
+        """A one-line RobgenError for a bad number."""
+        checks.integer("--batch-size", self.batch_size)
+        checks.integer("--workers", self.workers, 0)
+        checks.seed(self.seed)
+
+
+@dataclass(frozen=True)
+class EvalConfig(RunConfig):
+    """`robgen eval` and evaluate(): the single source of their defaults."""
+
+    attack: str = "pgd20"
+
+
+EVAL = EvalConfig()
 
 
 def collect_energies(
     model: Classifier,
     data: Dataset,
-    attack: AttackSpec | str = DEFAULTS["attack"],
+    attack: AttackSpec | str = EVAL.attack,
     *,
-    batch_size: int = DEFAULTS["batch_size"],
-    seed: int = DEFAULTS["seed"],
+    batch_size: int = EVAL.batch_size,
+    seed: int = EVAL.seed,
     device: str | None = None,
-    workers: int = DEFAULTS["workers"],
+    workers: int = EVAL.workers,
     progress: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Per-sample labels, predictions and energies for clean inputs x and their adversarial x* (model in eval mode).
@@ -34,9 +60,7 @@ def collect_energies(
     split into the conditional term plus dE(x) is checked rather than assumed).
     """
     spec = ATTACKS.get(attack) if isinstance(attack, str) else attack
-    checks.integer("--batch-size", batch_size)
-    checks.integer("--workers", workers, 0)
-    checks.seed(seed)
+    RunConfig(batch_size=batch_size, seed=seed, workers=workers).check()
     dev = resolve_device(device)
     model = model.to(dev).eval()
     generator = torch.Generator().manual_seed(seed)
@@ -84,10 +108,23 @@ def summarize(rows: dict[str, torch.Tensor]) -> dict[str, float]:
     }
 
 
+def load_model_and_data(ckpt, data: str | None, split: str, data_root, download: bool, n: int | None, seed: int):
+    """The checkpoint's classifier and a seeded n-image subset of `split` of `data` (default: the checkpoint's own
+    dataset), checked to fit the model; returns (model, dataset, data name)."""
+    from .data import load_split
+    from .models.checkpoint import load_classifier
+
+    model = load_classifier(ckpt)
+    data = model.meta.dataset_or(data)
+    dataset, spec = load_split(data, split, root=data_root, download=download, n=n, seed=seed)
+    model.meta.check_fits(spec)
+    return model, dataset, data
+
+
 def evaluate(
     model: Classifier,
     data: Dataset,
-    attack: AttackSpec | str = DEFAULTS["attack"],
+    attack: AttackSpec | str = EVAL.attack,
     **kwargs,
 ) -> dict:
     """Clean/robust accuracy and mean energies of `model` on `data` under `attack` (see collect_energies)."""
@@ -97,3 +134,18 @@ def evaluate(
     result["attack"] = {"name": attack if isinstance(attack, str) else spec.method, **spec.settings(), **attack_engine(spec)}
     result["seconds"] = round(time.perf_counter() - start, 2)
     return result
+
+
+def evaluate_checkpoint(ckpt=None, data: str | None = None, *, norm: str | None = None, eps: float | None = None,
+                        step_size: float | None = None, steps: int | None = None, device: str | None = None,
+                        data_root=None, download: bool = False, **options) -> dict:
+    """`robgen eval`: evaluate() of a checkpoint on its dataset's (or `data`'s) test images, with the attack run in
+    `norm`'s threat model and its eps, step size and steps replaced where given. `options` are EvalConfig's fields;
+    the report adds the attack's name and resolved spec, the data and the checkpoint."""
+    c = with_options(EvalConfig, options, "eval")
+    spec = ATTACKS.get(c.attack).in_norm(norm).replace(eps=eps, step_size=step_size, steps=steps)
+    model, dataset, data = load_model_and_data(ckpt, data, "test", data_root, download, c.n, c.seed)
+    r = evaluate(model, dataset, spec, batch_size=c.batch_size, seed=c.seed, device=device, workers=c.workers)
+    r["attack"]["name"], r["data"], r["ckpt"], r["seed"] = c.attack, data, ckpt or "default", c.seed
+    r["spec"] = dataclasses.asdict(spec)
+    return r

@@ -1,19 +1,29 @@
 """Paper figures of samples: one row per class, class names as row labels."""
 from __future__ import annotations
 
-import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import checks
 from .errors import RobgenError
-from .utils import IMAGE_SUFFIXES, atomic_path, folder_labels, open_image, read_json
+from .sample_folder import class_names, npz_path
+from .utils import IMAGE_SUFFIXES, atomic_path, folder_labels, open_image, read_npz
 
-DEFAULTS = {"nrow": 8, "pad": 2, "labels": True}
+@dataclass(frozen=True)
+class GridConfig:
+    """`robgen grid` and grid(): the single source of their defaults."""
+
+    nrow: int = 8  # images per class
+    pad: int = 2  # pixels between images
+    labels: bool = True  # class names as row labels
 
 
-def mosaic(rows: list[np.ndarray], pad: int = DEFAULTS["pad"], ncol: int | None = None) -> np.ndarray:
+GRID = GridConfig()
+
+
+def mosaic(rows: list[np.ndarray], pad: int = GRID.pad, ncol: int | None = None) -> np.ndarray:
     """Tile rows of uint8 images (m, H, W, C) on a white background, `pad` pixels between and around them."""
     if not rows:
         raise RobgenError("no images to draw")
@@ -32,8 +42,8 @@ def render_grid(
     names: list[str],
     out: str | Path,
     *,
-    labels: bool = DEFAULTS["labels"],
-    pad: int = DEFAULTS["pad"],
+    labels: bool = GRID.labels,
+    pad: int = GRID.pad,
     pdf: bool = False,
 ) -> dict:
     """Write the grid as PNG (and PDF with the same stem if `pdf`); return its files, pixel shape and row labels."""
@@ -80,27 +90,19 @@ def _checked_arrays(npz: Path, images: np.ndarray, labels: np.ndarray) -> None:
         raise RobgenError(f"{npz}: label {int(labels.min())} is not a class; labels must be 0 or more")
 
 
-def _class_names_of(folder: Path) -> list[str] | None:
-    manifest = folder / "manifest.json"
-    return read_json(manifest)["class_names"] if manifest.is_file() else None
-
-
-def load_rows(source: str | Path, nrow: int = DEFAULTS["nrow"], classes: list[int] | None = None
+def load_rows(source: str | Path, nrow: int = GRID.nrow, classes: list[int] | None = None
               ) -> tuple[list[np.ndarray], list[str]]:
     """The first `nrow` images of each class, with class names, from a sample folder, its samples.npz, or any
     folder of class subfolders (`<index>_<name>/` from `robgen sample`, or plain `<name>/`)."""
     source = Path(source)
     if nrow <= 0:
         raise RobgenError(f"--nrow must be positive, got {nrow}")
-    npz = source if source.is_file() else source / "samples.npz"
+    npz = npz_path(source)
     if npz.is_file():
-        try:
-            with np.load(npz) as f:
-                images, labels = f["images"], f["labels"]
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-            raise RobgenError(f"{npz} is not a samples file with images and labels ({err})") from None
+        arrays = read_npz(npz, ("images", "labels"))
+        images, labels = arrays["images"], arrays["labels"]
         _checked_arrays(npz, images, labels)
-        names = _class_names_of(npz.parent) or [str(k) for k in range(int(labels.max(initial=-1)) + 1)]
+        names = class_names(npz.parent) or [str(k) for k in range(int(labels.max(initial=-1)) + 1)]
         if len(labels) and labels.max() >= len(names):
             raise RobgenError(f"{npz}: label {int(labels.max())} has no class name ({len(names)} classes in "
                               f"{npz.parent / 'manifest.json'})")
@@ -137,8 +139,8 @@ def load_rows(source: str | Path, nrow: int = DEFAULTS["nrow"], classes: list[in
     return rows, names
 
 
-def grid(source: str | Path, out: str | Path, *, nrow: int = DEFAULTS["nrow"], classes: list[int] | None = None,
-         labels: bool = DEFAULTS["labels"], pad: int = DEFAULTS["pad"], overwrite: bool = False) -> dict:
+def grid(source: str | Path, out: str | Path, *, nrow: int = GRID.nrow, classes: list[int] | None = None,
+         labels: bool = GRID.labels, pad: int = GRID.pad, overwrite: bool = False) -> dict:
     """A paper figure from samples: PNG and PDF (same stem), one row per class. Existing files are replaced only
     with overwrite=True, and never a file of a run or sample folder."""
     from .outputs import claim

@@ -13,21 +13,20 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from . import run_folder, sample_folder
 from .errors import RobgenError
 
-# The files a `robgen train --out RUN` folder and a `robgen sample --out S` folder consist of (kept in step with
-# train.loop.FILES and sample.generate.ARTEFACTS, which tests/test_reliability.py checks).
-RUN_FILES = ("config.json", "metrics.jsonl", "state.pt", "last.safetensors", "best.safetensors")
-SAMPLE_FILES = ("chunks", "images", "samples.npz", "grid.png", "manifest.json", "energy_track.png")
+# The files a `robgen train --out RUN` folder and a `robgen sample --out S` folder consist of: their owners'.
+RUN_FILES = run_folder.FILES
+SAMPLE_FILES = sample_folder.FILES
 LOCK_NAME = ".robgen.lock"
 
 
 def folder_kind(folder: Path) -> str | None:
     """'a training run' or 'a sample run' when `folder` holds one (by its marker files), else None."""
-    if (folder / "config.json").is_file() and ((folder / "metrics.jsonl").is_file() or (folder / "state.pt").is_file()):
+    if run_folder.is_run(folder):
         return "a training run"
-    if (folder / "chunks" / "settings.json").is_file() or (
-            (folder / "manifest.json").is_file() and ((folder / "samples.npz").is_file() or (folder / "images").is_dir())):
+    if sample_folder.is_sample_run(folder):
         return "a sample run"
     return None
 

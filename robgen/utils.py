@@ -63,6 +63,23 @@ def read_safetensors(path: str | os.PathLike, what: str, hint: str = "") -> tupl
         raise RobgenError(f"{path} is not a readable {what} ({err}){hint}") from None
 
 
+def read_npz(path: str | os.PathLike, needed: tuple[str, ...]) -> dict:
+    """All arrays of an .npz (never unpickling), or a one-line error for a corrupt file or a missing array."""
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise RobgenError(f"{path}: not a readable .npz ({err})") from None
+    missing = [k for k in needed if k not in arrays]
+    if missing:
+        raise RobgenError(f"{path}: no {', '.join(map(repr, missing))} array (has {', '.join(arrays) or 'nothing'})")
+    return arrays
+
+
 def open_image(path: str | os.PathLike, mode: str | None = None) -> Image.Image:
     """Decode an image (converted to `mode`, or as stored) and close its file (datasets read thousands). A damaged or
     truncated file is a one-line error naming it: the command stops, since a silently skipped image would change
@@ -108,6 +125,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def to_json(result: dict) -> str:
+    """A result as robgen prints and writes it: indented, keys sorted, anything else as its str()."""
+    return json.dumps(result, indent=2, sort_keys=True, default=str)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -101,7 +101,7 @@ def test_phase_detector_finds_the_known_boundaries(tmp_path):
     assert by_loss["sat"]["phase3_start"] == 25
     assert by_loss["trades"]["phase2_start"] is None
     assert by_loss["trades"]["phase3_start"] is None
-    assert result["settings"]["k"] == analysis.DEFAULTS["k"]
+    assert result["settings"]["k"] == analysis.PhaseConfig.k
 
 
 def test_read_metrics_skips_a_line_being_written_and_names_the_producer_when_missing(tmp_path):
@@ -187,3 +187,11 @@ def test_bad_inputs_give_one_line_errors(ckpt, folder, tmp_path):
         assert result.exit_code == 1, result.output
         assert message in result.output and result.output.count("\n") == 1, result.output
     assert not (tmp_path / "never").exists()  # nothing is written on bad input
+
+
+def test_survey_names_models_by_file_then_folder_then_number(tmp_path):
+    from robgen.reports import model_names
+
+    paths = [tmp_path / "a" / "m.safetensors", tmp_path / "b" / "m.safetensors", tmp_path / "c.safetensors",
+             tmp_path / "x" / "d" / "n.safetensors", tmp_path / "y" / "d" / "n.safetensors"]
+    assert model_names(paths) == ["a/m", "b/m", "c", "d/n#4", "d/n#5"]

@@ -60,7 +60,7 @@ def test_eval_reports_the_robust_accuracy_of_the_adversarial_predictions(monkeyp
     # A model and data with a known outcome (test_pins): every image is classified right, and PGD-20 flips all.
     from test_pins import brightness_data, mean_pixel_model
 
-    monkeypatch.setattr("robgen.cli.load_model_and_data", lambda *a: (mean_pixel_model(), brightness_data(0.01), "toy"))
+    monkeypatch.setattr("robgen.evaluate.load_model_and_data", lambda *a: (mean_pixel_model(), brightness_data(0.01), "toy"))
     report = json.loads(run("eval", "--attack", "pgd20", "--device", "cpu", "--json").stdout)
     assert (report["clean_acc"], report["robust_acc"], report["n"]) == (100.0, 0.0, 8)
     text = run("eval", "--attack", "pgd20", "--device", "cpu").output

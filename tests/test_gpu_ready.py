@@ -156,8 +156,8 @@ def test_the_score_extractor_runs_on_the_requested_device(monkeypatch):
     from robgen import metrics
 
     # torch-fidelity's cuda=True means cuda:0; the "meta" device stands in for a second GPU here
-    monkeypatch.setattr(metrics, "resolve_device", lambda name: torch.device(name))
-    extractor = metrics.build_extractor({**metrics.DEFAULTS, **test_score.tiny(), "device": "meta"}, logits=False)
+    monkeypatch.setattr(metrics.engines, "resolve_device", lambda name: torch.device(name))
+    extractor = metrics.build_extractor(metrics.ScoreConfig(**test_score.tiny(device="meta")), logits=False)
     assert {b.device.type for b in extractor.module.buffers()} == {"meta"}
 
 

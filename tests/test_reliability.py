@@ -247,7 +247,7 @@ def test_fit_start_refuses_data_the_model_cannot_take(ckpt, tmp_path):
     small = write_image_folder(tmp_path / "small", per_class=2, size=16)
     out = tmp_path / "f.safetensors"
     one_line_error(cli("fit-start", "--ckpt", ckpt, "--data", f"folder:{small}", "--out", out),
-                   "3 classes of shape (3, 16, 16), but the model takes 3 classes of shape (3, 32, 32)")
+                   "checkpoint expects 3 classes of shape (3, 32, 32), but dataset ")
     assert not out.exists()
 
 
@@ -263,7 +263,7 @@ def test_grid_refuses_images_and_labels_it_would_draw_wrong(tmp_path):
     flat = npz("l.npz", np.zeros((4, 8), np.uint8), np.arange(4))
     one_line_error(cli("grid", flat, "--out", tmp_path / "c.png"), "uint8 N x H x W x C")
     (tmp_path / "junk.npz").write_bytes(b"PK\x03\x04 not really a zip")
-    one_line_error(cli("grid", tmp_path / "junk.npz", "--out", tmp_path / "d.png"), "is not a samples file")
+    one_line_error(cli("grid", tmp_path / "junk.npz", "--out", tmp_path / "d.png"), "not a readable .npz")
     mixed = write_image_folder(tmp_path / "mixed", {"a": (1, 2, 3)}, per_class=2, size=8) / "train"
     shutil.copy(write_image_folder(tmp_path / "big", {"a": (1, 2, 3)}, per_class=1, size=12) / "train/a/0000.png",
                 mixed / "a/0009.png")
@@ -343,5 +343,14 @@ def test_checkpoint_headers_are_sorted_json(ckpt, tmp_path):
     assert load_classifier(path).meta == load_classifier(ckpt).meta
 
 
-def test_outputs_module_knows_every_run_and_sample_file():
-    assert outputs.RUN_FILES == loop.FILES and outputs.SAMPLE_FILES == generate.ARTEFACTS
+def test_run_and_sample_folders_are_known_by_their_owners_marker_files(tmp_path):
+    run, samples = tmp_path / "run", tmp_path / "s"
+    (samples / "images").mkdir(parents=True)
+    run.mkdir()
+    for path in (run / "config.json", run / "metrics.jsonl", samples / "manifest.json"):
+        path.write_text("{}")
+    assert (outputs.folder_kind(run), outputs.folder_kind(samples), outputs.folder_kind(tmp_path)) == (
+        "a training run", "a sample run", None)
+    assert outputs.owner_of(run / "best.safetensors") == (run, "a training run")
+    assert outputs.owner_of(samples / "grid.png") == (samples, "a sample run")
+    assert outputs.owner_of(run / "phases.png") is None

@@ -145,7 +145,9 @@ def test_a_killed_reference_extraction_resumes_from_its_finished_blocks(tmp_path
     whole = metrics.write_stats(tmp_path / "whole.npz", **tiny(ref=ref))
     for path in (tmp_path / "cache").rglob("*.npz"):
         path.unlink()  # forget the cached reference: extract again, and die in the third block
-    done = metrics.extract
+    from robgen.metrics import reference
+
+    done = reference.extract
     calls = []
 
     def dying(imgs, *args, **kwargs):
@@ -154,11 +156,11 @@ def test_a_killed_reference_extraction_resumes_from_its_finished_blocks(tmp_path
             raise KeyboardInterrupt
         return done(imgs, *args, **kwargs)
 
-    monkeypatch.setattr(metrics, "extract", dying)
+    monkeypatch.setattr(reference, "extract", dying)
     with pytest.raises(KeyboardInterrupt):
         metrics.write_stats(tmp_path / "again.npz", **tiny(ref=ref))
     calls.clear()
-    monkeypatch.setattr(metrics, "extract", lambda imgs, *a, **k: calls.append(len(imgs)) or done(imgs, *a, **k))
+    monkeypatch.setattr(reference, "extract", lambda imgs, *a, **k: calls.append(len(imgs)) or done(imgs, *a, **k))
     metrics.write_stats(tmp_path / "again.npz", **tiny(ref=ref))
     assert calls == [260]  # only the unfinished block
     a, b = np.load(tmp_path / "whole.npz"), np.load(tmp_path / "again.npz")

@@ -79,6 +79,20 @@ class ModelMeta:
         except (TypeError, ValueError) as err:
             raise RobgenError(f"its robgen metadata is malformed ({err})") from None
 
+    def dataset_or(self, data: str | None) -> str:
+        """`data` when given, else the dataset the model was trained on."""
+        if not (data or self.dataset):
+            raise RobgenError("the checkpoint does not name its dataset; pass --data")
+        return data or self.dataset
+
+    def check_fits(self, spec) -> None:
+        """A model runs only on data (a robgen.data.DatasetSpec) with its number of classes and input shape."""
+        if self.num_classes != spec.num_classes or tuple(self.input_shape) != tuple(spec.input_shape):
+            raise RobgenError(
+                f"checkpoint expects {self.num_classes} classes of shape {tuple(self.input_shape)}, but dataset "
+                f"{spec.name} has {spec.num_classes} classes of shape {tuple(spec.input_shape)}; pass a matching --data"
+            )
+
     def class_index(self, cls: int | str) -> int:
         """A class given by index or name; out-of-range or unknown names raise a one-line error."""
         if isinstance(cls, str) and not cls.lstrip("-").isdigit():

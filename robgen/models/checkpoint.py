@@ -190,3 +190,32 @@ def import_checkpoint(src: str | Path, meta: ModelMeta) -> Classifier:
     model = build_classifier(meta)
     load_state_checked(model.net, _foreign_state_dict(src), str(src))
     return model.eval()
+
+
+def import_file(src: str | Path, out: str | Path, *, arch: str, data: str = "cifar10",
+                mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None, fp16: bool = False,
+                overwrite: bool = False) -> Classifier:
+    """`robgen import`: a foreign PyTorch file as a robgen checkpoint at `out`, for a model trained on `data`.
+    RobustBench models take raw [0, 1] inputs, hence no normalisation unless mean/std say otherwise."""
+    from ..data import dataset_spec
+    from ..outputs import claim
+
+    claim([out], overwrite)
+    spec = dataset_spec(data)
+    channels = spec.input_shape[0]
+    meta = ModelMeta(
+        arch=arch, num_classes=spec.num_classes, input_shape=spec.input_shape, mean=mean or (0.0,) * channels,
+        std=std or (1.0,) * channels, class_names=spec.class_names or [], dataset=spec.name,
+        recipe={"imported_from": Path(src).name},
+    )
+    model = import_checkpoint(src, meta)
+    save_classifier(model, out, dtype=torch.float16 if fp16 else None)
+    return model
+
+
+def checkpoint_info(spec: str | Path | None) -> dict:
+    """`robgen info`: where the checkpoint is, its metadata and parameter count; loading it checks that the weights
+    fit the architecture (a mismatch raises)."""
+    model = load_classifier(spec)
+    return {**checkpoint_id(spec), **vars(model.meta), "parameters": sum(p.numel() for p in model.net.parameters()),
+            "weights_match_architecture": True}

@@ -6,11 +6,7 @@ which process makes which chunk. Under torchrun each rank makes chunks k = rank,
 written atomically to OUT/chunks/ (a shared folder), and rank 0 merges them. A stopped run resumes from the chunks
 on disk when its settings match.
 
-Output layout (the contract with `robgen score`):
-    OUT/samples.npz      images uint8 (N, H, W, C), labels int64 (N,)
-    OUT/images/<class index, 2 digits>_<class name>/<index within class, 6 digits>.png
-    OUT/grid.png         first images of every class, one row per class
-    OUT/manifest.json    checkpoint path + sha256, settings, timing, final mean E(x, y) per class
+The output layout (the contract with `robgen score` and `robgen grid`) is robgen.sample_folder's.
 """
 from __future__ import annotations
 
@@ -18,14 +14,13 @@ import functools
 import hashlib
 import json
 import math
-import re
 import shutil
 import time
 import zipfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -33,16 +28,16 @@ from PIL import Image
 from tqdm import tqdm
 
 from .. import checks, distributed
+from ..config import with_options
 from .. import energy as energies
 from ..errors import RobgenError
 from ..models import Classifier
 from ..outputs import LOCK_NAME, FolderLock
+from ..sample_folder import FILES, FORMAT, class_folder, write_manifest, write_npz
 from ..seeds import chunk_seed
 from ..utils import atomic_path, atomic_write_text, precision, read_json
 from . import starts as st
 from .samplers import SAMPLERS, SamplerConfig, descend
-
-FORMAT = "robgen-samples/1"
 
 
 @dataclass(frozen=True)
@@ -51,7 +46,7 @@ class SampleConfig:
     this as a dict); `check` validates it."""
 
     n: int = 64  # images per class
-    init: str = "pca"  # the paper's best start
+    init: str = st.DEFAULTS["init"]  # the paper's best start
     sampler: str = "sgld"
     energy: str = "joint"  # E(x, y)
     steps: int = 40  # PAPER.md: 20-50
@@ -93,11 +88,7 @@ class SampleConfig:
 
 
 DEFAULTS = {**asdict(SampleConfig()), "grid_rows": 8}  # grid_rows: images per class in grid.png
-ARTEFACTS = ("chunks", "images", "samples.npz", "grid.png", "manifest.json", "energy_track.png")
-
-
-def class_folder(index: int, name: str) -> str:
-    return f"{index:02d}_{re.sub(r'[^A-Za-z0-9_.-]+', '-', name)}"
+ARTEFACTS = FILES
 
 
 def _rank0_first(fn: Callable, rank: int, world: int, others_too: bool = True):
@@ -229,27 +220,6 @@ def _save_pngs(out: Path, chunk: dict, first_item: int, n: int, names: list[str]
             Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(tmp, format="PNG")
 
 
-def _member(name: str) -> zipfile.ZipInfo:
-    """A zip entry with a fixed timestamp, so the same images give the same file bytes."""
-    return zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-
-
-def _write_npz(path: Path, chunk_files: list[Path], total: int, image_shape: tuple) -> None:
-    """samples.npz streamed chunk by chunk: memory stays one chunk whatever the number of images."""
-    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-        labels = []
-        with zf.open(_member("images.npy"), "w", force_zip64=True) as f:
-            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
-                      "shape": (total, *image_shape)}
-            np.lib.format.write_array_header_1_0(f, header)
-            for file in chunk_files:
-                with np.load(file) as chunk:
-                    f.write(np.ascontiguousarray(chunk["images"]).tobytes())
-                    labels.append(chunk["labels"])
-        with zf.open(_member("labels.npy"), "w", force_zip64=True) as f:
-            np.lib.format.write_array(f, np.concatenate(labels).astype(np.int64))
-
-
 def _plot_track(path: Path, track: dict[str, list[float]]) -> None:
     from matplotlib.figure import Figure  # not pyplot: no global backend switch or figure registry (as plots.py)
 
@@ -265,32 +235,20 @@ def _plot_track(path: Path, track: dict[str, list[float]]) -> None:
         fig.savefig(tmp, format="png", dpi=120)
 
 
+def sample_config(config: SampleConfig | None, options: dict[str, Any]) -> SampleConfig:
+    """The SampleConfig a sample() call runs: `config` (default SampleConfig()) with `options` over it; an unknown
+    option is a one-line RobgenError."""
+    return with_options(SampleConfig, options, "sample", config)
+
+
 @distributed.ends_group
 @_releasing_locks
 def sample(
     ckpt: str | Path | None = None,
     classes: list[int | str] | None = None,
     *,
+    config: SampleConfig | None = None,
     out: str | Path | None = None,
-    n: int = DEFAULTS["n"],
-    init: str = DEFAULTS["init"],
-    sampler: str = DEFAULTS["sampler"],
-    energy: str = DEFAULTS["energy"],
-    steps: int = DEFAULTS["steps"],
-    step_size: float | None = DEFAULTS["step_size"],
-    momentum: float = DEFAULTS["momentum"],
-    noise: float = DEFAULTS["noise"],
-    alpha: float | None = DEFAULTS["alpha"],
-    norm: str = DEFAULTS["norm"],
-    eps: float | None = DEFAULTS["eps"],
-    retained: float = DEFAULTS["retained"],
-    sigma_pca: float = DEFAULTS["sigma_pca"],
-    data_noise: float = DEFAULTS["data_noise"],
-    fit_images: int | None = DEFAULTS["fit_images"],
-    early_stop: bool = DEFAULTS["early_stop"],
-    batch_size: int = DEFAULTS["batch_size"],
-    seed: int = DEFAULTS["seed"],
-    bf16: bool = DEFAULTS["bf16"],
     start_stats: str | Path | None = None,
     data: str | None = None,
     data_root: str | Path | None = None,
@@ -299,15 +257,14 @@ def sample(
     overwrite: bool = False,
     track: bool = False,
     progress: bool = True,
+    **options: Any,
 ) -> dict:
-    """Sample n images per class from a classifier's energy; write the output layout above; return a result dict
-    (out, files, n_images, per-class mean E(x, y), chunks_computed / chunks_reused, seconds, ...)."""
+    """Sample n images per class from a classifier's energy into robgen.sample_folder's layout; return a result dict
+    (out, files, n_images, per-class mean E(x, y), chunks_computed / chunks_reused, seconds, ...).
+
+    What is made and how is `config` (default SampleConfig()) with `options`, SampleConfig's fields, over it."""
     began = time.perf_counter()
-    options = SampleConfig(
-        n=n, init=init, sampler=sampler, energy=energy, steps=steps, step_size=step_size, momentum=momentum,
-        noise=noise, alpha=alpha, norm=norm, eps=eps, retained=retained, sigma_pca=sigma_pca, data_noise=data_noise,
-        fit_images=fit_images, early_stop=early_stop, batch_size=batch_size, seed=seed, bf16=bf16,
-    )
+    options = sample_config(config, options)
     plan = _plan(ckpt, classes, options, out=out, device=device, overwrite=overwrite, progress=progress,
                  fit_from=dict(start_stats=start_stats, data=data, root=data_root, download=download))
     computed, replaced = _run_chunks(plan, progress)
@@ -447,9 +404,9 @@ def _finalise(plan: _Plan, computed: int, replaced: int, track: bool, began: flo
     }
     if track:
         manifest["track"] = result["track"]
-    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
+    path = write_manifest(out, manifest)
     result.update(seconds=seconds, start_source=plan.fit_source, n_images=len(plan.labels), settings=plan.settings,
-                  files={**result["files"], "manifest": str(out / "manifest.json")})
+                  files={**result["files"], "manifest": str(path)})
     return result
 
 
@@ -471,7 +428,7 @@ def _merge(out: Path, chunk_files: list[Path], labels: torch.Tensor, class_ids: 
                 track_sum[c] += chunk["track"][:, rows].sum(axis=1)
                 firsts[c].extend(chunk["images"][rows][: DEFAULTS["grid_rows"] - len(firsts[c])])
     image_shape = (shape[1], shape[2], shape[0])
-    _write_npz(out / "samples.npz", chunk_files, len(labels), image_shape)
+    write_npz(out / "samples.npz", chunk_files, len(labels), image_shape)
     render_grid([np.stack(firsts[c]) for c in class_ids], [names[c] for c in class_ids], out / "grid.png")
     files = {"npz": str(out / "samples.npz"), "images": str(out / "images"), "grid": str(out / "grid.png")}
     per_class = [{"index": c, "name": names[c], "n": count[c], "energy_mean": energy_sum[c] / count[c]}

@@ -40,8 +40,8 @@ SUFFIX = ".starts.safetensors"
 LEGACY_N = 5000  # the class size robgen-starts/1 fits scaled their PCA singular values to
 GAUSSIAN_JITTER = 1e-4  # Sigma_y + 1e-4 I (PAPER.md)
 # per_class None: every training image of the class (the paper's fit).
-DEFAULTS = {"per_class": None, "split": "train", "retained": 0.95, "sigma_pca": 0.005, "data_noise": 0.2,
-            "images_kept": 100, "seed": 0}
+DEFAULTS = {"init": "pca", "per_class": None, "split": "train", "retained": 0.95, "sigma_pca": 0.005,
+            "data_noise": 0.2, "images_kept": 100, "seed": 0}
 
 
 @dataclass
@@ -181,13 +181,8 @@ def fit_starts(
     if per_class is not None and per_class < 2:
         raise RobgenError(f"fitting a start needs at least 2 images per class, got --fit-images {per_class}")
     data, spec = load_split(dataset_name, split, root=root, download=download)
-    meta = getattr(model, "meta", None)
-    if meta is not None and (spec.num_classes, tuple(spec.input_shape)) != (meta.num_classes, tuple(meta.input_shape)):
-        raise RobgenError(
-            f"{dataset_name} has {spec.num_classes} classes of shape {tuple(spec.input_shape)}, but the model takes "
-            f"{meta.num_classes} classes of shape {tuple(meta.input_shape)}: a fit on it could not serve the model; "
-            "pass a matching --data"
-        )
+    if getattr(model, "meta", None) is not None:  # a fit on other data could not serve the model
+        model.meta.check_fits(spec)
     labels = labels_of(data)
     means, bases, stds, variances, energies, kept, counts = [], [], [], [], [], [], []
     for y in tqdm(range(spec.num_classes), desc="fit starts", unit="class", disable=not progress, leave=False):
@@ -367,3 +362,29 @@ def _checked(fit: StartFit, model: torch.nn.Module, source: str) -> StartFit:
             "pass a matching --data or --start-stats"
         )
     return fit
+
+
+def export_fit(ckpt, out: str | Path, *, init: str = DEFAULTS["init"], data: str | None = None,
+               retained: float = DEFAULTS["retained"], per_class: int | None = DEFAULTS["per_class"],
+               overwrite: bool = False, root: str | Path | None = None, download: bool = False,
+               device: str | None = "auto", progress: bool = True) -> dict:
+    """`robgen fit-start`: fit the checkpoint's class-wise start statistics on `data` (default: its dataset) and write
+    what `init` needs to `out`: pca a truncated fit (small), gaussian and mix the full one, data the full one with
+    its images. Returns what was written."""
+    from ..models.checkpoint import checkpoint_id, load_classifier
+    from ..outputs import claim
+    from ..utils import resolve_device
+
+    claim([out], overwrite)
+    STARTS.get(init)
+    model = load_classifier(ckpt, resolve_device("cpu" if device == "auto" else device))  # a fit is one CPU pass
+    data = model.meta.dataset_or(data)
+    fit = fit_starts(data, model=model, checkpoint_sha256=checkpoint_id(ckpt)["sha256"], per_class=per_class,
+                     root=root, download=download, progress=progress)
+    if init == "pca":
+        fit = fit.truncated(retained)
+    elif init != "data":
+        fit.images = []
+    save_fit(fit, out)
+    return {"out": str(out), "init": init, "data": data, "per_class": per_class, "classes": fit.num_classes,
+            "components": [len(s) for s in fit.std], "bytes": Path(out).stat().st_size}

@@ -14,9 +14,9 @@ import math
 import pickle
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 import torch
@@ -31,55 +31,107 @@ from .. import checks, distributed, energy
 from ..attacks import NORM_EPS, AttackSpec, check_radius
 from ..data import train_val_split
 from ..errors import RobgenError
-from ..evaluate import DEFAULTS as EVAL_DEFAULTS
-from ..evaluate import collect_energies, summarize
+from ..config import with_options
+from ..evaluate import EVAL, collect_energies, summarize
 from ..models import Classifier, ModelMeta, build_classifier
 from ..models.checkpoint import save_classifier
 from ..registry import Registry
+from ..run_folder import FILES, metrics_lines, read_config, write_config, write_metrics
 from ..seeds import epoch_seed
-from ..utils import atomic_path, atomic_write_text, precision, read_json
+from ..utils import atomic_path, precision
 from .losses import LOSSES, Loss, adversarial, batch_loss
 
-# The paper's recipe for CIFAR-10 (PAPER.md section 3). Every key is part of a run's identity: --resume refuses a
-# folder whose config.json differs in any of them.
-DEFAULTS: dict[str, Any] = {
-    "data": "cifar10",
-    "arch": "resnet18",
-    "loss": "weat-adv",
-    "epochs": 100,
-    "batch_size": 128,  # global: split evenly over DDP ranks
-    "lr": 0.1,  # peak lr of the schedule
-    "momentum": 0.9,
-    "weight_decay": 5e-4,
-    "schedule": "onecycle",  # stepped per batch
-    "pct_start": 0.25,  # onecycle warm-up fraction
-    "norm": "linf",  # threat model of the training and validation attacks: linf | l2
-    "eps": None,  # attack radius; None: NORM_EPS[norm]
-    "step_size": None,  # training attack step; None: eps x the recipe's step_fraction
-    "attack_steps": 10,
-    "beta": 6.0,  # weight of the KL term (trades, weat-*, mart)
-    "val_attack_steps": 20,  # PGD-20 on the validation split every epoch, step eps/4, uniform start
-    "max_train": None,  # None: every training image outside the validation split; N: the first N of them
-    "val_n": 1000,  # validation images held out of the training set (seeded by val_seed), never trained on
-    "val_seed": 0,  # the same split for every run seed, so runs are compared on the same images
-    "select_from": 1,  # best.safetensors: the best validation PGD accuracy from this epoch on
-    "seed": 0,
-    "amp": "bf16",  # CUDA only: bf16 | fp16 | off (CPU always runs fp32)
-}
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training recipe; the defaults are the paper's for CIFAR-10 (PAPER.md section 3), RECIPES are presets over
+    them. The single source of make_config's and `robgen train`'s defaults, and (check) of their validation. Every
+    field is part of a run's identity: --resume refuses a folder whose config.json differs in any of them."""
 
-# Presets over DEFAULTS. step_fraction (training attack step / eps, used when --step-size is not given) is a recipe
-# property: the stored config.json holds the resolved step_size.
-RECIPES: dict[str, dict[str, Any]] = {
-    "paper": {"step_fraction": 0.25},  # 10 steps of 2/255 in 8/255
+    data: str = "cifar10"
+    arch: str = "resnet18"
+    loss: str = "weat-adv"
+    epochs: int = 100
+    batch_size: int = 128  # global: split evenly over DDP ranks
+    lr: float = 0.1  # peak lr of the schedule
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"  # stepped per batch
+    pct_start: float = 0.25  # onecycle warm-up fraction
+    norm: str = "linf"  # threat model of the training and validation attacks: linf | l2
+    eps: float | None = None  # attack radius; None: NORM_EPS[norm]
+    step_size: float | None = None  # training attack step; None: eps x the recipe's step_fraction
+    attack_steps: int = 10
+    beta: float = 6.0  # weight of the KL term (trades, weat-*, mart)
+    val_attack_steps: int = 20  # PGD-20 on the validation split every epoch, step eps/4, uniform start
+    max_train: int | None = None  # None: every training image outside the validation split; N: the first N of them
+    val_n: int = 1000  # validation images held out of the training set (seeded by val_seed), never trained on
+    val_seed: int = 0  # the same split for every run seed, so runs are compared on the same images
+    select_from: int = 1  # best.safetensors: the best validation PGD accuracy from this epoch on
+    seed: int = 0
+    amp: str = "bf16"  # CUDA only: bf16 | fp16 | off (CPU always runs fp32)
+
+    @classmethod
+    def of(cls, config: dict) -> TrainConfig:
+        """The recipe's fields of a config dict (make_config's result, or a saved config.json)."""
+        return cls(**{k: config[k] for k in IDENTITY if k in config})
+
+    def check(self) -> None:
+        """A one-line RobgenError for the first bad setting (L2 radii are checked once the image size is known)."""
+        LOSSES.get(self.loss)
+        SCHEDULES.get(self.schedule)
+        if self.norm not in NORM_EPS:
+            raise RobgenError(f"unknown norm {self.norm!r}; use {' or '.join(NORM_EPS)}")
+        if self.norm == "linf":
+            check_radius(self.eps, "linf", ())
+        if not 0 < self.step_size <= self.eps * 2.5:
+            raise RobgenError(f"step-size must be in (0, 2.5 eps] = (0, {self.eps * 2.5:.4g}], got {self.step_size}")
+        for key in ("epochs", "batch_size", "attack_steps", "val_attack_steps", "val_n", "select_from"):
+            if int(getattr(self, key)) < 1:
+                raise RobgenError(f"{key.replace('_', '-')} must be at least 1, got {getattr(self, key)}")
+        if self.max_train is not None and self.max_train < 1:
+            raise RobgenError(f"max-train must be at least 1, got {self.max_train}")
+        if self.lr <= 0 or self.beta < 0:
+            raise RobgenError(f"lr must be positive and beta non-negative, got lr {self.lr}, beta {self.beta}")
+        checks.seed(self.seed)
+        if self.amp not in ("bf16", "fp16", "off"):
+            raise RobgenError(f"unknown amp mode {self.amp!r}; use bf16, fp16 or off")
+
+
+IDENTITY = tuple(f.name for f in fields(TrainConfig))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A preset over TrainConfig's defaults."""
+
+    about: str  # for --help
+    # Training attack step / eps, used when --step-size is not given (config.json holds the resolved step_size).
+    step_fraction: float
+    changes: Mapping[str, Any] = field(default_factory=dict)
+
+
+RECIPES: dict[str, Recipe] = {
+    "paper": Recipe("PAPER.md section 3", 0.25),  # 10 steps of 2/255 in 8/255
     # Quick runs on a 2-core CPU (about 40 min): a small CNN on 10,000 images.
-    "cpu": {"arch": "cnn-small", "epochs": 10, "attack_steps": 3, "step_fraction": 0.5, "max_train": 10000, "val_n": 500},
+    "cpu": Recipe("cnn-small, 3 attack steps, 10k images", 0.5,
+                  {"arch": "cnn-small", "epochs": 10, "attack_steps": 3, "max_train": 10000, "val_n": 500}),
     # The strongest model these CPUs make in hours: all 49,000 non-validation images, a 2.0M-parameter airbench-style
     # net, 2 attack steps of eps/2 (they reach the ball's boundary; one step risks catastrophic overfitting), a
     # short OneCycle with a higher peak (Wong et al. 2020's fast AT), best from the second half on.
-    "fast": {"arch": "airnet", "epochs": 10, "attack_steps": 2, "step_fraction": 0.5, "lr": 0.2, "select_from": 5},
+    "fast": Recipe("airnet, 2 attack steps, 10 epochs on all images", 0.5,
+                   {"arch": "airnet", "epochs": 10, "attack_steps": 2, "lr": 0.2, "select_from": 5}),
 }
+DEFAULT_RECIPE = "paper"  # a new run with no --recipe
 
-FILES = ("config.json", "metrics.jsonl", "state.pt", "last.safetensors", "best.safetensors")
+
+@dataclass(frozen=True)
+class TrainCall:
+    """How one train() call runs, apart from what it trains: the defaults of train()'s and `robgen train`'s."""
+
+    device: str = "auto"
+    workers: int = 2  # data loader processes, kept across epochs
+
+
 # The keys of metrics.jsonl that `robgen phases` reads (one object per line, one line per epoch).
 METRIC_KEYS = (
     "epoch", "lr", "train_loss", "train_E_clean", "train_E_adv", "train_Ey_clean", "train_Ey_adv", "train_dE",
@@ -109,25 +161,29 @@ def step(optimizer: torch.optim.Optimizer, config: dict, total_steps: int):
 
 
 def make_config(recipe: str | None = None, base: dict | None = None, **overrides: Any) -> dict:
-    """A validated recipe: `base` (a saved config.json) or DEFAULTS + RECIPES[recipe], then the non-None overrides."""
+    """A validated recipe as a dict: `base` (a saved config.json) or TrainConfig + RECIPES[recipe], then the
+    non-None overrides (TrainConfig's fields); eps and step_size left None are resolved from the norm and recipe."""
     if recipe is not None and recipe not in RECIPES:
         raise RobgenError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
-    unknown = sorted(set(overrides) - set(DEFAULTS))
-    if unknown:
-        raise RobgenError(f"unknown training option {unknown[0]!r}; known: {', '.join(DEFAULTS)}")
     if base is not None and recipe is None:
-        config = {**DEFAULTS, **{k: base[k] for k in ("recipe", *DEFAULTS) if k in base}}
-        config.update({k: v for k, v in overrides.items() if v is not None})
+        start = with_options(TrainConfig, {k: base[k] for k in IDENTITY if k in base}, "training")
+        config = with_options(TrainConfig, overrides, "training", start, skip_none=True)
+        named = base.get("recipe")
     else:
-        preset = dict(RECIPES[recipe or "paper"])
-        fraction = preset.pop("step_fraction")
-        config = {**DEFAULTS, **preset, "recipe": recipe or "paper"}
-        config.update({k: v for k, v in overrides.items() if v is not None})
-        if config["norm"] in NORM_EPS:
-            config["eps"] = config["eps"] if config["eps"] is not None else NORM_EPS[config["norm"]]
-            config["step_size"] = config["step_size"] if config["step_size"] is not None else config["eps"] * fraction
-    _validate(config)
-    return config
+        named = recipe or DEFAULT_RECIPE
+        preset = RECIPES[named]
+        config = with_options(TrainConfig, overrides, "training", TrainConfig(**preset.changes), skip_none=True)
+        if config.norm in NORM_EPS:
+            eps = config.eps if config.eps is not None else NORM_EPS[config.norm]
+            config = replace(config, eps=eps,
+                             step_size=config.step_size if config.step_size is not None else eps * preset.step_fraction)
+    config.check()
+    return {**asdict(config), **({"recipe": named} if named is not None else {})}
+
+
+def recipe_defaults(name: str) -> dict[str, Any]:
+    """What TrainConfig field `name` resolves to under each recipe when left unset (for --help)."""
+    return {r: make_config(r)[name] for r in RECIPES}
 
 
 def recorded_recipe(config: dict, device: torch.device) -> dict:
@@ -143,41 +199,8 @@ def recorded_recipe(config: dict, device: torch.device) -> dict:
     return recipe
 
 
-def _validate(c: dict) -> None:
-    LOSSES.get(c["loss"])
-    SCHEDULES.get(c["schedule"])
-    if c["norm"] not in NORM_EPS:
-        raise RobgenError(f"unknown norm {c['norm']!r}; use {' or '.join(NORM_EPS)}")
-    if c["norm"] == "linf":  # L2 radii are checked against the image size once the data is known
-        check_radius(c["eps"], "linf", ())
-    if not 0 < c["step_size"] <= c["eps"] * 2.5:
-        raise RobgenError(f"step-size must be in (0, 2.5 eps] = (0, {c['eps'] * 2.5:.4g}], got {c['step_size']}")
-    for key in ("epochs", "batch_size", "attack_steps", "val_attack_steps", "val_n", "select_from"):
-        if int(c[key]) < 1:
-            raise RobgenError(f"{key.replace('_', '-')} must be at least 1, got {c[key]}")
-    if c["max_train"] is not None and c["max_train"] < 1:
-        raise RobgenError(f"max-train must be at least 1, got {c['max_train']}")
-    if c["lr"] <= 0 or c["beta"] < 0:
-        raise RobgenError(f"lr must be positive and beta non-negative, got lr {c['lr']}, beta {c['beta']}")
-    checks.seed(c["seed"])
-    if c["amp"] not in ("bf16", "fp16", "off"):
-        raise RobgenError(f"unknown amp mode {c['amp']!r}; use bf16, fp16 or off")
-
-
-def read_config(out: str | Path) -> dict | None:
-    """The recipe of the run in `out`, or None when there is none."""
-    path = Path(out) / "config.json"
-    if not path.is_file():
-        return None
-    config = read_json(path)
-    if not isinstance(config, dict) or "loss" not in config:
-        raise RobgenError(f"{path} is not a robgen training config (no recipe in it); restore it, or --overwrite "
-                          "to start the run again")
-    return config
-
-
 def _check_same_recipe(saved: dict, config: dict, out: Path) -> None:
-    for key in ("recipe", *DEFAULTS):
+    for key in ("recipe", *IDENTITY):
         if saved.get(key) != config.get(key):
             raise RobgenError(
                 f"--resume: {out} holds a run with {key}={saved.get(key)!r}, not {config.get(key)!r}; "
@@ -411,8 +434,8 @@ def train(
     *,
     resume: bool = False,
     overwrite: bool = False,
-    device: str | None = "auto",
-    workers: int = EVAL_DEFAULTS["workers"],
+    device: str | None = TrainCall.device,
+    workers: int = TrainCall.workers,
     compile: bool = False,
     stop_after: int | None = None,
     progress: bool = True,
@@ -424,7 +447,7 @@ def train(
     epochs (resume later). Under torchrun the same call trains with DistributedDataParallel; only rank 0 writes.
     Returns the last epoch's metrics, the best epoch and the checkpoint paths.
     """
-    _validate(config)
+    TrainConfig.of(config).check()
     if stop_after is not None and stop_after < 1:
         raise RobgenError(f"stop-after must be at least 1 epoch, got {stop_after}")
     checks.integer("--workers", workers, 0)
@@ -593,9 +616,7 @@ def _restore(run: _Run, state: dict | None) -> _Progress:
     run.scheduler.load_state_dict(state["scheduler"])
     _load_scaler(run.scaler, state["scaler"], run.session.log)
     # Lines past the committed epoch come from an epoch that was killed before state.pt was written.
-    metrics = run.out / "metrics.jsonl"
-    lines = metrics.read_text().splitlines() if metrics.is_file() else []
-    history = [ln for ln in lines if ln.strip() and json.loads(ln)["epoch"] <= state["epoch"]]
+    history = [ln for ln in metrics_lines(run.out) if ln.strip() and json.loads(ln)["epoch"] <= state["epoch"]]
     best = {"epoch": state["best_epoch"], "val_robust_acc": state["best_robust_acc"]}
     return _Progress(state["epoch"] + 1, best, history, json.loads(history[-1]) if history else None)
 
@@ -613,7 +634,7 @@ def _write_config(run: _Run, *, resumed: bool, start: int) -> None:
     sessions = [p for p in saved if p["from_epoch"] < start]
     if not sessions or {k: v for k, v in sessions[-1].items() if k != "from_epoch"} != session:
         sessions.append({"from_epoch": start, **session})
-    atomic_write_text(out / "config.json", json.dumps({**config, "precision": sessions}, indent=2, sort_keys=True) + "\n")
+    write_config(out, {**config, "precision": sessions})
 
 
 def _log_start(run: _Run, *, resumed: bool, start: int) -> None:
@@ -676,7 +697,7 @@ def _evaluate_and_commit(run: _Run, done: _Progress, epoch: int, sums: EpochSums
         start="uniform",
     )
     val = summarize(collect_energies(
-        model, run.val_data, val_attack, batch_size=EVAL_DEFAULTS["batch_size"], seed=EVAL_DEFAULTS["seed"],
+        model, run.val_data, val_attack, batch_size=EVAL.batch_size, seed=EVAL.seed,
         device=str(run.session.dev), workers=run.session.workers, progress=run.session.progress,
     ))
     last = {
@@ -695,7 +716,7 @@ def _evaluate_and_commit(run: _Run, done: _Progress, epoch: int, sums: EpochSums
         save_classifier(model, out / "best.safetensors")
     done.history.append(json.dumps(last, sort_keys=True))
     done.last = last
-    atomic_write_text(out / "metrics.jsonl", "\n".join(done.history) + "\n")
+    write_metrics(out, done.history)
     # The commit point of this epoch. Saved through a file object: torch names the archive's folder after a
     # path's file name (here a random temporary one) but "archive" for a file object, so the bytes repeat.
     with atomic_path(out / "state.pt") as tmp, open(tmp, "wb") as f:
