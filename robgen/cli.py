@@ -6,6 +6,7 @@ import json
 import sys
 
 import click
+from click.core import ParameterSource
 
 from .analysis import SURVEY_OUT, EnergyConfig, PhaseConfig, SurveyConfig, WeightsConfig
 from .attacks import ATTACKS, NORM_EPS
@@ -402,6 +403,9 @@ def sample_cmd(ckpt, class_, classes, out, overwrite, track, start_stats, data, 
     if class_ and classes:
         raise RobgenError("pass either --class or --classes, not both")
     chosen = list(class_) or (None if classes in (None, "all") else [c.strip() for c in classes.split(",")])
+    # Only what the user typed: the rest comes from the checkpoint's own sampling defaults, else SampleConfig's.
+    ctx = click.get_current_context()
+    options = {k: v for k, v in options.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
     r = sample(ckpt, chosen, out=out, start_stats=start_stats, data=data, data_root=data_root, download=download,
                device=device, overwrite=overwrite, track=track, progress=not as_json, **options)
     if r["rank"] != 0:
@@ -410,7 +414,8 @@ def sample_cmd(ckpt, class_, classes, out, overwrite, track, start_stats, data, 
     emit(r, as_json, [
         f"sampled {r['n_images']} images ({s['n']} per class, {len(r['classes'])} classes) with {s['sampler']} on "
         f"{s['energy']} energy, {s['steps']} steps of {s['step_size']}, start {s['init']} ({r['start_source']}), "
-        f"seed {s['seed']}, {r['world_size']} process(es)",
+        f"seed {s['seed']}, {r['world_size']} process(es)"
+        + (f"; the checkpoint's defaults for {', '.join(r['from_checkpoint'])}" if r["from_checkpoint"] else ""),
         f"chunks: {r['chunks_computed']} computed, {r['chunks_reused']} reused of {r['chunks']}"
         + (f" ({r['chunks_replaced']} on disk were damaged or another run's: made again)" if r["chunks_replaced"] else "")
         + f"; {r['seconds']} s",

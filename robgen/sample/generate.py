@@ -18,7 +18,7 @@ import shutil
 import time
 import zipfile
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -235,10 +235,27 @@ def _plot_track(path: Path, track: dict[str, list[float]]) -> None:
         fig.savefig(tmp, format="png", dpi=120)
 
 
+START_OPTIONS = ("retained", "sigma_pca", "data_noise")  # shape a start, tuned with it
+SAMPLER_OPTIONS = tuple(f.name for f in fields(SamplerConfig))  # step settings, tuned with their sampler
+
+
 def sample_config(config: SampleConfig | None, options: dict[str, Any]) -> SampleConfig:
     """The SampleConfig a sample() call runs: `config` (default SampleConfig()) with `options` over it; an unknown
     option is a one-line RobgenError."""
     return with_options(SampleConfig, options, "sample", config)
+
+
+def checkpoint_defaults(preferred: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """The preferred settings a call keeps: all of them, except a start's (sampler's) options when the call chooses
+    another start (sampler) than the preferred one, since they were tuned together."""
+    unknown = sorted(set(preferred) - set(DEFAULTS))
+    if unknown:
+        raise RobgenError(f"the checkpoint's sampling defaults name an unknown option {unknown[0]!r}")
+    dropped = set()
+    for key, tied in (("init", START_OPTIONS), ("sampler", SAMPLER_OPTIONS)):
+        if options.get(key, preferred.get(key, DEFAULTS[key])) != preferred.get(key, DEFAULTS[key]):
+            dropped.update(tied)
+    return {k: v for k, v in preferred.items() if k not in options and k not in dropped}
 
 
 @distributed.ends_group
@@ -262,11 +279,18 @@ def sample(
     """Sample n images per class from a classifier's energy into robgen.sample_folder's layout; return a result dict
     (out, files, n_images, per-class mean E(x, y), chunks_computed / chunks_reused, seconds, ...).
 
-    What is made and how is `config` (default SampleConfig()) with `options`, SampleConfig's fields, over it."""
+    What is made and how is `config` (default SampleConfig()) with `options`, SampleConfig's fields, over it.
+    Without `config`, the checkpoint's own sampling defaults (ModelMeta.sampling, found by a sweep) fill what
+    `options` leave unset (see checkpoint_defaults); the manifest lists them under from_checkpoint."""
+    from ..models.checkpoint import read_meta
+
     began = time.perf_counter()
-    options = sample_config(config, options)
-    plan = _plan(ckpt, classes, options, out=out, device=device, overwrite=overwrite, progress=progress,
+    ckpt_path = _checkpoint_path(ckpt)
+    preferred = {} if config is not None else checkpoint_defaults(read_meta(ckpt_path).sampling, options)
+    options = sample_config(config, {**preferred, **options})
+    plan = _plan(ckpt_path, classes, options, out=out, device=device, overwrite=overwrite, progress=progress,
                  fit_from=dict(start_stats=start_stats, data=data, root=data_root, download=download))
+    plan.from_checkpoint = sorted(preferred)
     computed, replaced = _run_chunks(plan, progress)
     return _finalise(plan, computed, replaced, track, began)
 
@@ -288,6 +312,7 @@ class _Plan:
     settings: dict
     out: Path
     labels: torch.Tensor  # of every item, class-major: n of the first class, then n of the next...
+    from_checkpoint: list[str] = field(default_factory=list)  # options the checkpoint's defaults set
 
     @property
     def batch_size(self) -> int:
@@ -302,14 +327,20 @@ class _Plan:
         return list(range(self.rank, len(self.chunk_paths), self.world))
 
 
-def _plan(ckpt, classes, options: SampleConfig, *, out, device, overwrite: bool, progress: bool, fit_from: dict) -> _Plan:
-    """Load and check the model and options, resolve the start fit, then hold and prepare OUT (rank 0)."""
-    from ..models.checkpoint import DEFAULT_CHECKPOINT, checkpoint_id, load_classifier, resolve_checkpoint, shipped_dir
+def _checkpoint_path(ckpt) -> Path:
+    from ..models.checkpoint import DEFAULT_CHECKPOINT, resolve_checkpoint, shipped_dir
 
     if ckpt is None and not (shipped_dir() / f"{DEFAULT_CHECKPOINT}.safetensors").is_file():
         raise RobgenError(f"no default checkpoint: {DEFAULT_CHECKPOINT} is not shipped with this install yet; "
                           "pass --ckpt FILE")
-    ckpt_path = resolve_checkpoint(ckpt)
+    return resolve_checkpoint(ckpt)
+
+
+def _plan(ckpt_path: Path, classes, options: SampleConfig, *, out, device, overwrite: bool, progress: bool,
+          fit_from: dict) -> _Plan:
+    """Load and check the model and options, resolve the start fit, then hold and prepare OUT (rank 0)."""
+    from ..models.checkpoint import checkpoint_id, load_classifier
+
     rank, world, dev = distributed.setup(device)
     model = load_classifier(ckpt_path, dev)
     model.requires_grad_(False)
@@ -397,7 +428,7 @@ def _finalise(plan: _Plan, computed: int, replaced: int, track: bool, began: flo
     seconds = round(time.perf_counter() - began, 2)
     manifest = {
         "format": FORMAT, "checkpoint": {"path": str(plan.ckpt_path), "sha256": plan.sha}, "settings": plan.settings,
-        "start_source": plan.fit_source, "class_names": meta.class_names, "n_images": len(plan.labels),
+        "start_source": plan.fit_source, "from_checkpoint": plan.from_checkpoint, "class_names": meta.class_names, "n_images": len(plan.labels),
         "classes": result["classes"], "device": str(plan.dev), "world_size": plan.world, "seconds": seconds,
         "precision": precision(plan.dev, "bf16" if plan.settings["bf16"] else "off"),
         "chunks": {"total": chunks, "computed_by_rank0": computed, "reused_by_rank0": mine - computed},
@@ -405,7 +436,7 @@ def _finalise(plan: _Plan, computed: int, replaced: int, track: bool, began: flo
     if track:
         manifest["track"] = result["track"]
     path = write_manifest(out, manifest)
-    result.update(seconds=seconds, start_source=plan.fit_source, n_images=len(plan.labels), settings=plan.settings,
+    result.update(seconds=seconds, start_source=plan.fit_source, from_checkpoint=plan.from_checkpoint, n_images=len(plan.labels), settings=plan.settings,
                   files={**result["files"], "manifest": str(path)})
     return result
 
