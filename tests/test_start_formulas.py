@@ -97,9 +97,12 @@ def test_components_singular_values_and_truncation():
     assert [len(s) for s in short.std] == [fit.components(c, 0.6) for c in range(2)] and short.images == []
     assert short.info["retained"] == 0.6 and torch.equal(short.basis[0], fit.basis[0][: len(short.std[0])])
     assert torch.equal(short.variance, fit.variance) and torch.equal(short.count, fit.count)
-    with pytest.raises(RobgenError, match=r"^the start fit keeps only 0\.\d{3} of class 0's variance, less than the "
+    assert short.input_shape == fit.input_shape and short.mean is fit.mean and short.energy is fit.energy
+    three = fit.truncated(0.9)  # 3 of class 0's 4 components: the message gives the share all 3 keep
+    kept = float((three.std[0].double() ** 2).sum() / fit.variance[0].double())
+    with pytest.raises(RobgenError, match=rf"^the start fit keeps only {kept:.3f} of class 0's variance, less than the "
                                           r"0.999 asked; lower --retained or refit with --data$"):
-        short.components(0, 0.999)
+        three.components(0, 0.999)
 
 
 def test_every_start_is_its_formula():
