@@ -80,6 +80,7 @@ def test_fit_starts_refuses_what_cannot_serve_the_model(tmp_path):
     with pytest.raises(RobgenError, match=r"has 3 classes of shape \(3, 4, 4\), but the model takes 3 classes of "
                                           r"shape \(3, 8, 8\): a fit on it could not serve the model; pass a matching"):
         S.fit_starts(f"folder:{root}", model=model, progress=False)
+    assert S.fit_starts(f"folder:{root}", per_class=2, progress=False).count.tolist() == [2.0] * 3  # 2 is enough
     one = write_image_folder(tmp_path / "one", per_class=1, size=4)
     with pytest.raises(RobgenError, match=r"^class 0 of folder:.* train has 1 image\(s\); a start fit needs 2 or more$"):
         S.fit_starts(f"folder:{one}", progress=False)
