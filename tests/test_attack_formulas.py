@@ -136,10 +136,12 @@ def test_run_attack_passes_every_field_of_the_spec_on():
                        A.pgd(model, x, y, eps=0.3, step_size=0.05, steps=1, objective="kl", start=None,
                              clean_logits=other))
     # the L2 radius limit is the image's diagonal, sqrt(C H W), not that of one channel or row
-    wide = AttackSpec("pgd", eps=5.0, step_size=1.0, steps=1, norm="l2")
+    wide = AttackSpec("pgd", eps=40.0, step_size=1.0, steps=1, norm="l2")  # above sqrt(32 * 32), below sqrt(3072)
     x32 = torch.rand(2, 3, 32, 32, generator=gen(0))
     cnn = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 5)).eval()
     assert A.run_attack(wide, cnn, x32, y[:2], num_classes=5, generator=gen(0)).shape == x32.shape
+    with pytest.raises(RobgenError, match="^unknown attack method 'cw'$"):
+        A.run_attack(AttackSpec("cw"), model, x, y, num_classes=5)
     # 'none' reads no radius, so a spec with any eps returns the images untouched
     assert torch.equal(A.run_attack(AttackSpec("none", eps=7.0), model, x, y, num_classes=5), x)
 
