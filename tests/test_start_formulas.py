@@ -62,7 +62,8 @@ def test_fit_starts_holds_each_classs_statistics(tmp_path):
         torch.testing.assert_close(fit.mean[c], mu)
         torch.testing.assert_close(fit.variance[c], (x - mu).pow(2).sum() / 4)
         torch.testing.assert_close((fit.std[c] ** 2).sum(), fit.variance[c], rtol=1e-4, atol=0)  # all components kept
-        assert torch.equal(fit.images[c], (x * 255).round().to(torch.uint8)) and fit.count[c] == 5
+        assert fit.images[c].dtype == torch.uint8 and torch.equal(fit.images[c], (x * 255).round().to(torch.uint8))
+        assert fit.count[c] == 5
         with torch.no_grad():
             e = energy.joint_energy(model(x.view(-1, 3, 4, 4)), torch.full((5,), c)).mean()
         torch.testing.assert_close(fit.energy[c], e)
