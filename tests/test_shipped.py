@@ -12,12 +12,14 @@ from robgen.models.checkpoint import DEFAULT_CHECKPOINT, checkpoint_id, load_cla
 from robgen.sample.starts import load_fit, shipped_fit_path
 
 
-def test_the_readme_first_command_samples_from_the_shipped_default(tmp_path):
-    out = tmp_path / "cats"
+def test_the_readme_first_command_samples_from_the_shipped_default(tmp_path, monkeypatch):
     # The README's command with 4 images instead of 64: no --ckpt, no --data (the shipped PCA fit serves the start),
-    # the default sampler settings (SGLD, 40 steps).
-    r = CliRunner().invoke(main, ["sample", "--class", "3", "-n", "4", "--out", str(out), "--json"])
+    # no --out (the README says it writes samples/weat_c10_small/), the default sampler settings (SGLD, 40 steps).
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, ["sample", "--class", "3", "-n", "4", "--json"])
     assert r.exit_code == 0, r.output
+    out = tmp_path / "samples" / DEFAULT_CHECKPOINT
+    assert {"grid.png", "images", "manifest.json", "samples.npz"} <= {p.name for p in out.iterdir()}
     result = json.loads(r.stdout)
     ckpt = resolve_checkpoint(None)
     assert ckpt.name == f"{DEFAULT_CHECKPOINT}.safetensors"

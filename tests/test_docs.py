@@ -1,0 +1,212 @@
+"""The documentation's numbers equal the committed outputs they cite (docs/CLAIMS.md lists every claim and its
+backing): the training tables against metrics.jsonl, the survey table against its JSON, the model card against the
+shipped files, the README's presets against the registries. A doc edited without its output, or an output replaced
+without its doc, fails here."""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = (ROOT / "docs" / "RESULTS.md").read_text()
+README = (ROOT / "README.md").read_text()
+CARD = (ROOT / "checkpoints" / "weat_c10_small.md").read_text()
+CPU_RUNS = {"SAT": "sat", "TRADES": "trades", "WEAT-adv": "weat-adv", "WEAT-nat": "weat-nat"}
+
+
+def table(text: str, header: str) -> list[list[str]]:
+    """The body rows (cells stripped) of the markdown table whose header line starts with `header`."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    return rows
+
+
+def metrics(run: str) -> list[dict]:
+    return [json.loads(line) for line in (ROOT / "experiments" / run / "metrics.jsonl").read_text().splitlines()]
+
+
+def first_number(cell: str) -> float:
+    return float(re.search(r"[-+]?\d+(?:\.\d+)?", cell.replace(",", "")).group())
+
+
+def test_the_cpu_training_table_is_its_runs_metrics():
+    rows = table(RESULTS, "| method | best epoch |")
+    assert [next(k for k in CPU_RUNS if row[0].startswith(k)) for row in rows] == ["SAT", "TRADES", "WEAT-adv", "WEAT-nat"]
+    for row in rows:
+        lines = metrics("c10-cpu/" + CPU_RUNS[next(k for k in CPU_RUNS if row[0].startswith(k))])
+        best = max(lines, key=lambda m: (m["test_robust_acc"], -m["epoch"]))  # the first epoch of the best accuracy
+        minutes = sum(m["epoch_seconds"] + m["eval_seconds"] for m in lines) / 60
+        assert int(first_number(row[1])) == best["epoch"], row
+        assert row[2] == f"{best['test_clean_acc']:.1f}%" and row[3] == f"{best['test_robust_acc']:.1f}%", row
+        assert lines[-1]["epoch"] == 10 and row[4] == f"{lines[-1]['train_dE']:+.3f}", row
+        assert row[5].startswith(f"{minutes:.1f} min"), row
+
+
+def test_the_energy_gap_narrative_holds_in_the_metrics():
+    # "SAT's train dE(x) leaves 0 from epoch 2 and keeps falling, while TRADES and both WEAT variants stay near +0.01"
+    sat = [m["train_dE"] for m in metrics("c10-cpu/sat")]
+    assert all(d < 0 for d in sat[1:]) and all(a > b for a, b in zip(sat[1:], sat[2:]))
+    for run in ("trades", "weat-adv", "weat-nat"):
+        assert all(0.005 < m["train_dE"] < 0.02 for m in metrics(f"c10-cpu/{run}")), run
+    # WEAT-nat's best.safetensors is epoch 8 (28.2%) against 27.0% at epoch 10
+    nat = {m["epoch"]: m["test_robust_acc"] for m in metrics("c10-cpu/weat-nat")}
+    assert (round(nat[8], 1), round(nat[10], 1)) == (28.2, 27.0)
+
+
+def test_the_phase_detector_found_no_phase_2_or_3_in_the_cpu_runs():
+    report = json.loads((ROOT / "docs" / "figures" / "phases_c10_cpu.json").read_text())
+    assert sorted(r["label"] for r in report["runs"]) == sorted(CPU_RUNS.values())
+    assert report["settings"]["baseline_epochs"] == 5  # "its phase-2 rule measures the spread of the first 5 epochs"
+    for run in report["runs"]:
+        assert run["phases"]["phase2_start"] is None and run["phases"]["phase3_start"] is None, run["label"]
+
+
+def test_the_fast_recipe_table_is_its_runs_metrics():
+    linf, l2 = metrics("c10-fast/weat-adv-linf"), metrics("c10-fast/weat-adv-l2")
+    rows = table(RESULTS, "| epoch | Linf 8/255")
+    assert rows and [int(r[0]) for r in rows] == list(range(1, len(rows) + 1))
+    for row in rows:
+        a, b = linf[int(row[0]) - 1], l2[int(row[0]) - 1]
+        assert row[1] == f"{a['val_clean_acc']:.1f}% / {a['val_robust_acc']:.1f}%", row
+        assert row[2] == f"{b['val_clean_acc']:.1f}% / {b['val_robust_acc']:.1f}%", row
+        wall = [round((m["epoch_seconds"] + m["eval_seconds"]) / 60) for m in (a, b)]
+        assert row[3] == f"{wall[0]} min / {wall[1]} min", row
+        assert row[4] == f"{a['train_dE']:+.4f} / {b['train_dE']:+.4f}", row
+    for m in linf + l2:  # "on the 49,000 training images outside the 1,000-image validation split", in full batches
+        assert (m["val_images"], m["train_images"]) == (1000, 49000 // 128 * 128)
+
+
+def test_the_survey_table_is_its_json():
+    report = json.loads((ROOT / "docs" / "figures" / "survey_c10_cpu.json").read_text())
+    models = {m["model"]: m for m in report["models"]}
+    names = {"WEAT-nat": "weat-nat/best", "WEAT-adv": "weat_c10_small", "TRADES": "trades/best", "SAT": "sat/best"}
+    rows = table(RESULTS, "| model | PGD-20 | mean dE(x)")
+    assert len(rows) == 4 and report["n"] == 500 and report["attack"] == "pgd"
+    for row in rows:
+        m = models[names[row[0].split(" ")[0]]]
+        assert row[1] == f"{m['robust_acc']:.1f}%", row
+        assert row[2:] == [f"{m['dE']['mean']:.3f}", f"{m['dE']['std']:.3f}", f"{m['dEy']['mean']:.3f}",
+                           f"{m['dEy']['std']:.3f}"], row
+    # the survey's 500 images are the trainer's test subset: the same PGD-20 accuracy as each run's last epoch
+    for label, run in (("sat/best", "sat"), ("trades/best", "trades"), ("weat_c10_small", "weat-adv")):
+        assert round(models[label]["robust_acc"], 1) == round(metrics(f"c10-cpu/{run}")[-1]["test_robust_acc"], 1)
+
+
+
+def test_the_energy_table_agrees_with_the_survey_and_with_its_own_summary():
+    # the table itself was not kept (RESULTS.md says so); its pgd row is the survey's committed model and images
+    survey = {m["model"]: m for m in json.loads((ROOT / "docs" / "figures" / "survey_c10_cpu.json").read_text())["models"]}
+    rows = {row[0]: row for row in table(RESULTS, "| attack | success rate |")}
+    shipped = survey["weat_c10_small"]
+    assert rows["pgd (20 steps)"][3] == f"{shipped['dE']['mean']:.3f}"
+    assert rows["pgd (20 steps)"][5] == f"{shipped['dEy']['mean']:.3f}"
+    shift = {}
+    for name, row in rows.items():
+        clean, adv = (float(v) for v in row[2].split("->"))
+        assert float(row[3]) == pytest.approx(clean - adv, abs=1.5e-3), name  # dE(x) = E(x) - E(x*)
+        assert float(row[5]) < 0, name  # "E(x,y) rises under every attack"
+        shift[name] = abs(float(row[3]) / clean)
+    # "All attacks move E(x) by at most 2.2% of its value (targeted PGD; the others under 2%)"
+    assert max(shift, key=shift.get) == "pgd-targeted" and f"{100 * shift.pop('pgd-targeted'):.1f}" == "2.2"
+    assert max(shift.values()) < 0.02
+
+def _header(path: Path) -> dict:
+    with path.open("rb") as f:
+        return json.loads(f.read(int.from_bytes(f.read(8), "little")))
+
+
+def test_the_model_card_describes_the_shipped_files():
+    ckpt = ROOT / "checkpoints" / "weat_c10_small.safetensors"
+    starts = ckpt.with_name("weat_c10_small.starts.safetensors")
+    header, fit_header = _header(ckpt), _header(starts)
+    meta = json.loads(header.pop("__metadata__")["robgen"])
+    info = json.loads(fit_header.pop("__metadata__")["info"])
+    assert f"({ckpt.stat().st_size / 1e6:.1f} MB, float16 weights" in CARD
+    assert {t["dtype"] for t in header.values()} == {"F16", "I64"}  # float16 weights, int64 BatchNorm counters
+    assert f"(`weat_c10_small.starts.safetensors` ({starts.stat().st_size / 2**20:.1f} MiB)".replace("(`", "`", 1) in CARD
+    components = [t["shape"][0] for k, t in fit_header.items() if k.startswith("std.")]
+    assert f"({min(components)}-{max(components)} components per class)" in CARD
+    assert (info["per_class"], info["retained"]) == (1000, 0.95) and "1,000 training images per class" in CARD
+    params = sum(math.prod(t["shape"]) for k, t in header.items() if t["dtype"] == "F16" and "running_" not in k)
+    assert f"{params:,} parameters" in CARD
+    recipe = meta["recipe"]
+    assert (recipe["epochs"], recipe["batch_size"], recipe["lr"], recipe["pct_start"], recipe["momentum"],
+            recipe["weight_decay"], recipe["attack_steps"], recipe["beta"], recipe["seed"], recipe["max_train"]) == (
+        10, 128, 0.1, 0.25, 0.9, 5e-4, 3, 6.0, 0, 10000)
+    assert (recipe["step_size"], recipe["eps"]) == (4 / 255, 8 / 255) and (meta["mean"], meta["std"]) == ([0.5] * 3, [0.25] * 3)
+    # the Limits section's account of the stale metadata
+    assert (recipe["data"], recipe["amp"], recipe["max_test"]) == ("folder:/work/scratch/cifar10", "bf16", 500)
+    m = meta["metrics"]
+    assert (m["epoch"], m["test_images"], round(m["test_clean_acc"], 1), round(m["test_robust_acc"], 1)) == (10, 500, 48.8, 29.6)
+    assert "(48.8% / 29.6%)" in CARD
+    minutes = sum(x["epoch_seconds"] + x["eval_seconds"] for x in metrics("c10-cpu/weat-adv")) / 60
+    assert f"{round(minutes)} min wall" in CARD
+
+
+def test_the_readme_attack_presets_are_the_registry():
+    from robgen.attacks import ATTACKS
+
+    for steps in (10, 20, 50, 100):
+        linf, l2 = ATTACKS.get(f"pgd{steps}"), ATTACKS.get(f"pgd{steps}-l2")
+        assert (linf.method, linf.eps, linf.step_size, linf.steps, linf.norm, linf.objective, linf.start) == (
+            "pgd", 8 / 255, 2 / 255, steps, "linf", "ce", "uniform")
+        assert (l2.eps, l2.step_size, l2.steps, l2.norm, l2.start) == (0.5, 0.125, steps, "l2", "uniform")
+    assert ATTACKS.get("pgd-l2") == ATTACKS.get("pgd20-l2")
+    assert ATTACKS.get("pgd-targeted").targeted and ATTACKS.get("pgd-targeted-l2").targeted
+    assert ATTACKS.get("trades").objective == "kl" and ATTACKS.get("autoattack").steps == 100
+    assert "`none`, `fgsm`, `pgd10`/`pgd20`/`pgd50`/`pgd100`" in README
+
+
+def test_the_readme_sampling_and_recipe_defaults_are_the_code():
+    from robgen.sample import DEFAULTS, SAMPLERS
+    from robgen.sample.samplers import SamplerConfig
+    from robgen.train import LOSSES, make_config
+
+    assert (DEFAULTS["n"], DEFAULTS["init"], DEFAULTS["sampler"], DEFAULTS["steps"], DEFAULTS["momentum"],
+            DEFAULTS["noise"], DEFAULTS["retained"], DEFAULTS["sigma_pca"]) == (64, "pca", "sgld", 40, 0.0, 0.001, 0.95, 0.005)
+    assert SAMPLERS.get("sgld").default_step_size == SAMPLERS.get("heun").default_step_size == 0.8
+    assert SamplerConfig(steps=1, step_size=0.8).noise_std == pytest.approx(math.sqrt(1.6) * 0.001, rel=1e-12)
+    paper, fast, cpu = make_config("paper"), make_config("fast"), make_config("cpu")
+    assert (paper["arch"], paper["epochs"], paper["batch_size"], paper["lr"], paper["momentum"], paper["weight_decay"],
+            paper["pct_start"], paper["attack_steps"], paper["beta"]) == ("resnet18", 100, 128, 0.1, 0.9, 5e-4, 0.25, 10, 6.0)
+    assert (fast["arch"], fast["epochs"], fast["attack_steps"], fast["lr"], fast["select_from"], fast["val_n"]) == (
+        "airnet", 10, 2, 0.2, 5, 1000)
+    assert (cpu["arch"], cpu["epochs"], cpu["max_train"], cpu["attack_steps"], cpu["val_n"]) == ("cnn-small", 10, 10000, 3, 500)
+    # "paper 1/4, fast and cpu 1/2: Linf 2/255 / 4/255 / 4/255, L2 0.125 / 0.25 / 0.25"
+    assert [make_config(r)["step_size"] for r in ("paper", "fast", "cpu")] == [2 / 255, 4 / 255, 4 / 255]
+    assert [make_config(r, norm="l2")["step_size"] for r in ("paper", "fast", "cpu")] == [0.125, 0.25, 0.25]
+    assert sorted(LOSSES) == sorted(["standard", "sat", "trades", "weat-adv", "weat-nat", "mart"])
+
+
+def test_the_readme_registries_and_cli_options_exist():
+    import robgen
+    from robgen.cli import main
+
+    for path in ("models.ARCHS", "data.DATASETS", "attacks.ATTACKS", "train.LOSSES", "sample.STARTS",
+                 "sample.SAMPLERS", "energy.TARGET_ENERGIES"):
+        module, name = path.rsplit(".", 1)
+        assert f"`robgen.{path}`" in README and hasattr(__import__(f"robgen.{module}", fromlist=[name]), name), path
+    assert sorted(robgen.sample.STARTS) == sorted(["pca", "gaussian", "mix", "data", "uniform"])
+    options = {name: {o for p in cmd.params for o in p.opts} for name, cmd in main.commands.items()}
+    # "every command but `import` prints JSON with --json"; fit-start and stats take no --seed
+    assert [name for name, opts in options.items() if "--json" not in opts] == ["import"]
+    assert "--seed" not in options["fit-start"] | options["stats"]
+    for name in ("train", "eval", "sample", "energy", "survey", "weights", "score"):
+        assert {"--seed", "--device"} <= options[name], name
+
+
+def test_the_model_parameter_counts_in_the_readme():
+    from robgen.models import ARCHS
+
+    counts = {name: sum(p.numel() for p in ARCHS.get(name)(num_classes=10).parameters())
+              for name in ("airnet", "cnn-small")}
+    assert f"{counts['airnet'] / 1e6:.1f}M parameters" in README and f"cnn-small` ({counts['cnn-small'] / 1e6:.2f}M)" in README
