@@ -78,8 +78,8 @@ def test_fit_starts_holds_each_classs_statistics(tmp_path):
 def test_fit_starts_refuses_what_cannot_serve_the_model(tmp_path):
     root = write_image_folder(tmp_path / "d", per_class=3, size=4)
     model = __import__("robgen").load_classifier(make_ckpt(tmp_path / "m.safetensors", "x", shape=(3, 8, 8)))
-    with pytest.raises(RobgenError, match=r"has 3 classes of shape \(3, 4, 4\), but the model takes 3 classes of "
-                                          r"shape \(3, 8, 8\): a fit on it could not serve the model; pass a matching"):
+    with pytest.raises(RobgenError, match=r"expects 3 classes of shape \(3, 8, 8\), but dataset folder:.* has 3 "
+                                          r"classes of shape \(3, 4, 4\); pass a matching --data"):
         S.fit_starts(f"folder:{root}", model=model, progress=False)
     assert S.fit_starts(f"folder:{root}", per_class=2, progress=False).count.tolist() == [2.0] * 3  # 2 is enough
     one = write_image_folder(tmp_path / "one", per_class=1, size=4)
