@@ -408,10 +408,13 @@ def sample_cmd(ckpt, class_, classes, out, overwrite, track, start_stats, data, 
     options = {k: v for k, v in options.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
     r = sample(ckpt, chosen, out=out, start_stats=start_stats, data=data, data_root=data_root, download=download,
                device=device, overwrite=overwrite, track=track, progress=not as_json, **options)
-    if r["rank"] != 0:
-        return
+    if r["rank"] == 0:
+        emit(r, as_json, _sample_report(r))
+
+
+def _sample_report(r: dict) -> list[str]:
     s = r["settings"]
-    emit(r, as_json, [
+    return [
         f"sampled {r['n_images']} images ({s['n']} per class, {len(r['classes'])} classes) with {s['sampler']} on "
         f"{s['energy']} energy, {s['steps']} steps of {s['step_size']}, start {s['init']} ({r['start_source']}), "
         f"seed {s['seed']}, {r['world_size']} process(es)"
@@ -421,7 +424,7 @@ def sample_cmd(ckpt, class_, classes, out, overwrite, track, start_stats, data, 
         + f"; {r['seconds']} s",
         *[f"  {c['index']:>3} {c['name']:<16} mean E(x,y) {c['energy_mean']:.3f}" for c in r["classes"]],
         *[f"wrote {kind:<12} {path}" for kind, path in r["files"].items()],
-    ])
+    ]
 
 
 @main.command("fit-start")
