@@ -88,7 +88,6 @@ class SampleConfig:
 
 
 DEFAULTS = {**asdict(SampleConfig()), "grid_rows": 8}  # grid_rows: images per class in grid.png
-ARTEFACTS = FILES
 
 
 def _rank0_first(fn: Callable, rank: int, world: int, others_too: bool = True):
@@ -160,7 +159,7 @@ def _prepare_out(out: Path, settings: dict, overwrite: bool) -> None:
                     differ = sorted(k for k in settings.keys() | old.keys() if settings.get(k) != old.get(k))
                     what = f"a different sample run (differs in {', '.join(differ)})"
                 raise RobgenError(f"{out} already holds {what}; pass --overwrite to replace it, or choose another --out")
-            for name in ARTEFACTS:
+            for name in FILES:
                 path = out / name
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     (out / "chunks").mkdir(parents=True, exist_ok=True)
@@ -248,7 +247,7 @@ def sample_config(config: SampleConfig | None, options: dict[str, Any]) -> Sampl
 def checkpoint_defaults(preferred: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     """The preferred settings a call keeps: all of them, except a start's (sampler's) options when the call chooses
     another start (sampler) than the preferred one, since they were tuned together."""
-    unknown = sorted(set(preferred) - set(DEFAULTS))
+    unknown = sorted(set(preferred) - {f.name for f in fields(SampleConfig)})
     if unknown:
         raise RobgenError(f"the checkpoint's sampling defaults name an unknown option {unknown[0]!r}")
     dropped = set()
