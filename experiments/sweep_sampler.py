@@ -7,7 +7,9 @@ per combination of the other settings. Choose on this proxy (e.g. 100 per class 
 then confirm the winner under the full protocol (1,000 per class against all 50,000 training images).
 
     python experiments/sweep_sampler.py --ckpt C --data folder:/tmp/c10 --ref stats.npz --n 100 --out S \
-        --grid init=pca,gaussian sigma_pca=0.005,0.01 steps=20,40,80 [--plot S/fid_steps.png]
+        --grid init=pca,gaussian sigma_pca=0.005,0.01 steps=20,40,80
+    python experiments/sweep_sampler.py --out S --plot S/fid_steps.png [--curves init=pca,sigma_pca=0.01 ...]
+    python experiments/sweep_sampler.py --table S/sweep.jsonl     # the markdown table of docs/RESULTS.md
 """
 from __future__ import annotations
 
@@ -74,14 +76,33 @@ def run(args) -> None:
               f"recall {row['recall']:.3f}", flush=True)
 
 
+def table(path: str) -> None:
+    """docs/RESULTS.md's sweep table: one row per line of a sweep.jsonl, in its order (sample() defaults where a
+    setting names nothing: sgld, pca, 40 steps, sigma_pca 0.005)."""
+    print("| sampler | start | sigma_pca | steps | other | FID | KID | precision | recall |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for line in Path(path).read_text().splitlines():
+        r = json.loads(line)
+        s = dict(r["setting"])
+        init = s.pop("init", "pca")
+        cells = [s.pop("sampler", "sgld"), init, str(s.pop("sigma_pca", 0.005)) if init in PCA_INITS else "-",
+                 str(s.pop("steps", 40)), ", ".join(f"{k} {v}" for k, v in sorted(s.items())) or "-"]
+        print("| " + " | ".join(cells) + f" | {r['fid']:.2f} | {r['kid']:.4f} | {r['precision']:.3f} | "
+              f"{r['recall']:.3f} |")
+
+
 def plot(args) -> None:
     import matplotlib.pyplot as plt
 
     rows = [json.loads(line) for line in (Path(args.out) / "sweep.jsonl").read_text().splitlines()]
     curves: dict[str, list] = {}
     for r in rows:
-        rest = name_of({k: v for k, v in r["setting"].items() if k != "steps"}) or "default"
-        curves.setdefault(rest, []).append((r["setting"].get("steps"), r["fid"], r["recall"]))
+        rest = {k: v for k, v in r["setting"].items() if k != "steps"}
+        if args.curves and rest not in [parse_grid(c.split(","))[0] for c in args.curves]:
+            continue
+        curves.setdefault(name_of(rest) or "default", []).append((r["setting"].get("steps"), r["fid"], r["recall"]))
+    if not curves:
+        raise SystemExit(f"no row of {args.out}/sweep.jsonl has the settings of {args.curves} besides steps")
     fig, (ax_fid, ax_rec) = plt.subplots(1, 2, figsize=(10, 4))
     for label, points in sorted(curves.items()):
         steps, fid, recall = zip(*sorted(points, key=lambda p: p[0] or 0))
@@ -97,16 +118,25 @@ def plot(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt", required=True)
+    parser.add_argument("--ckpt")
     parser.add_argument("--data", default=None, help="training data to fit starts on (default: the checkpoint's)")
-    parser.add_argument("--ref", required=True, help="reference: a stats .npz from `robgen stats` or folder:PATH")
+    parser.add_argument("--ref", help="reference: a stats .npz from `robgen stats` or folder:PATH")
     parser.add_argument("--inception-weights", default=None)
     parser.add_argument("--n", type=int, default=100, help="images per class per setting")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out")
     parser.add_argument("--grid", nargs="*", default=[], help="key=v1,v2 over robgen.sample.sample options")
     parser.add_argument("--plot", default=None, help="only draw FIG from OUT/sweep.jsonl")
+    parser.add_argument("--curves", nargs="*", default=[], help="with --plot: one curve per item k=v,k=v: the rows "
+                        "with exactly these settings besides steps (default: every combination)")
+    parser.add_argument("--table", default=None, metavar="SWEEP.jsonl", help="only print its markdown table")
     args = parser.parse_args()
+    if args.table:
+        return table(args.table)
+    needed = ["out"] if args.plot else ["ckpt", "ref", "out"]
+    missing = [f"--{k}" for k in needed if getattr(args, k) is None]
+    if missing:
+        parser.error(f"{', '.join(missing)} required")
     plot(args) if args.plot else run(args)
 
 

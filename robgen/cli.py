@@ -169,15 +169,18 @@ def import_cmd(src, arch, out, data, mean, std, fp16, overwrite):
 @click.option("--steps", type=int, default=None, help="override the attack's number of steps")
 @config_option(EvalConfig, "n", type=int, help="number of test images (a seeded random subset)")
 @config_option(EvalConfig, "batch_size", type=int)
+@click.option("--batches-dir", type=click.Path(file_okay=False), default=None,
+              help="keep each finished batch here; rerunning with the same folder continues a killed run (long "
+                   "AutoAttack runs on a CPU)")
 @device_option
 @seed_option(EvalConfig)
 @json_option
-def eval_cmd(ckpt, data, data_root, download, norm, eps, step_size, steps, device, as_json, **options):
+def eval_cmd(ckpt, data, data_root, download, norm, eps, step_size, steps, batches_dir, device, as_json, **options):
     """Clean and robust accuracy, with mean E(x) and E(x,y) on clean and adversarial inputs."""
     from .evaluate import evaluate_checkpoint
 
     r = evaluate_checkpoint(ckpt, data, norm=norm, eps=eps, step_size=step_size, steps=steps, device=device,
-                            data_root=data_root, download=download, **options)
+                            data_root=data_root, download=download, batches_dir=batches_dir, **options)
     a, spec = r["attack"], r["spec"]
     emit(r, as_json, [
         f"{r['ckpt']} on {r['data']} test, {r['n']} images, attack {a['name']} "
@@ -376,6 +379,7 @@ STEP_HELP = "eta; default: the sampler's (" + ", ".join(
 @config_option(SAMPLE, "alpha", type=FLOAT, help="noise scale; default sqrt(2 eta)")
 @config_option(SAMPLE, "norm", help="pgd step norm: l2 or linf")
 @config_option(SAMPLE, "eps", type=FLOAT, help="pgd: radius of the ball around the start (default: none)")
+@config_option(SAMPLE, "step_spread", type=FLOAT, help="sgld-rand: std of log(step size) across chains")
 @config_option(SAMPLE, "retained", type=FLOAT, help="pca: share of class variance kept")
 @config_option(SAMPLE, "sigma_pca", type=FLOAT, help="pca: std of the coefficients a_i")
 @config_option(SAMPLE, "early_stop", is_flag=True,

@@ -150,6 +150,13 @@ def tiny_imagenet() -> DatasetSpec:
     )
 
 
+def portable_name(data: str) -> str:
+    """A dataset as files made to be shared record it: a folder keeps only its own name (`folder:c10`), never the
+    path on the machine that made the file."""
+    kind, _, path = str(data).partition(":")
+    return f"folder:{Path(path).name}" if kind == "folder" and path else str(data)
+
+
 def folder_split(path: Path, split: str) -> Path:
     """`folder:PATH` reads PATH/train or PATH/test (or PATH/val) when present, else PATH itself."""
     for name in (split, "val") if split == "test" else (split,):

@@ -152,6 +152,62 @@ def test_the_model_card_describes_the_shipped_files():
     assert f"{round(minutes)} min wall" in CARD
 
 
+def test_the_default_model_card_describes_the_shipped_files_and_their_outputs():
+    card = (ROOT / "checkpoints" / "weat_c10.md").read_text()
+    ckpt = ROOT / "checkpoints" / "weat_c10.safetensors"
+    starts = ckpt.with_name("weat_c10.starts.safetensors")
+    header, fit_header = _header(ckpt), _header(starts)
+    meta = json.loads(header.pop("__metadata__")["robgen"])
+    info = json.loads(fit_header.pop("__metadata__")["info"])
+    assert f"(`weat_c10.safetensors` ({ckpt.stat().st_size / 1e6:.1f} MB, float16 weights".replace("(`", "`", 1) in card
+    assert {t["dtype"] for t in header.values()} == {"F16", "I64"}
+    assert f"`weat_c10.starts.safetensors` ({starts.stat().st_size / 2**20:.1f} MiB)" in card
+    components = [t["shape"][0] for k, t in fit_header.items() if k.startswith("std.")]
+    assert f"({min(components)}-{max(components)} components per class)" in card
+    assert (info["per_class"], info["retained"], info["dataset"]) == (None, 0.95, "folder:c10")
+    params = sum(math.prod(t["shape"]) for k, t in header.items() if t["dtype"] == "F16" and "running_" not in k)
+    assert f"{params:,} parameters" in card
+    run = ROOT / "experiments" / "c10-fast" / "weat-adv-l2"
+    config = json.loads((run / "config.json").read_text())
+    recipe = {k: v for k, v in meta["recipe"].items() if k not in ("data", "device", "precision")}
+    assert recipe == {k: v for k, v in config.items() if k in recipe}  # the run's recipe, without machine paths
+    assert (meta["recipe"]["data"], meta["recipe"]["device"], meta["recipe"]["precision"], meta["dataset"]) == (
+        "folder:c10", "cpu", "fp32", "cifar10")
+    assert json.dumps(meta["sampling"], sort_keys=True) in card
+    lines = metrics("c10-fast/weat-adv-l2")
+    assert f"({sum(m['epoch_seconds'] + m['eval_seconds'] for m in lines):,.0f} s," in card
+    test = json.loads((run / "eval_test10k.json").read_text())
+    assert f"| {test['clean_acc']:.2f}% |" in card and f"| {test['robust_acc']:.2f}% |" in card
+    fp16 = json.loads((run / "fp16_val.json").read_text())
+    assert fp16["float16"] == fp16["float32"]
+    words = " ".join(card.split())
+    assert f"clean {fp16['float16']['clean_acc']:.2f}% both, PGD-20-L2 {fp16['float16']['robust_acc']:.2f}% both" in words
+    score = json.loads((ROOT / "experiments" / "c10-fast" / "fid" / "weat_c10.json").read_text())
+    assert f"FID {score['fid']:.2f}" in card and score["protocol"]["reference_size"] == 50000
+    assert score["protocol"]["num_samples"] == 10000
+
+
+def test_the_sweep_table_is_its_jsonl(capsys):
+    import importlib.util
+
+    path = ROOT / "experiments" / "sweep_sampler.py"
+    spec = importlib.util.spec_from_file_location("sweep_sampler", path)
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    jsonl = ROOT / "experiments" / "c10-fast" / "weat-adv-l2" / "sweep" / "sweep.jsonl"
+    sweep.table(str(jsonl))
+    printed = capsys.readouterr().out.splitlines()
+    header = "| sampler | start | sigma_pca | steps | other | FID |"
+    assert printed[0].startswith(header)
+    lines = RESULTS.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    assert lines[start:start + len(printed)] == printed
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert all(r["protocol"]["reference_size"] == 10000 and r["protocol"]["num_samples"] == 1000 for r in rows)
+    best = min(rows, key=lambda r: r["fid"])
+    assert best["setting"] == json.loads(_header(ROOT / "checkpoints" / "weat_c10.safetensors")["__metadata__"]["robgen"])["sampling"]
+
+
 def test_the_readme_attack_presets_are_the_registry():
     from robgen.attacks import ATTACKS
 

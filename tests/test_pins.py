@@ -17,6 +17,7 @@ from test_attacks import model_and_batch  # noqa: F401 - the fixture: a 10-class
 from robgen import RobgenError, energy
 from robgen import attacks as attacks_module
 from robgen.attacks import ATTACKS, AttackSpec, project, random_start, random_targets, run_attack
+from robgen import evaluate as evaluate_module
 from robgen.evaluate import collect_energies, evaluate
 from robgen.models import Classifier, ModelMeta, build_classifier
 from robgen.sample import SamplerConfig, descend, draw_starts, sample
@@ -65,6 +66,25 @@ def test_sgld_momentum_accumulates_the_previous_velocity():
     x1 = x0 + v1
     v2 = zeta * v1 - (eta / 2) * (x1 - c)  # v <- zeta v - (eta / 2) grad
     torch.testing.assert_close(x2, x1 + v2, rtol=0, atol=1e-6)
+
+
+def test_sgld_rand_gives_each_chain_its_own_log_normal_step_size():
+    x0 = start((6, 3, 4, 4))
+    g = 0.2 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(8))
+    cfg = SamplerConfig(steps=2, step_size=0.3, noise=0.01, step_spread=0.7)
+    x2, _ = descend("sgld-rand", constant_grad(g), x0, cfg, torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn((6, 1, 1, 1), generator=gen)  # one draw per chain, before the first step's noise
+    eta = 0.3 * torch.exp(0.7 * z)
+    x = x0
+    for _ in range(2):  # x <- x - (eta_i / 2) grad + sqrt(2 eta_i) sigma N(0, I), eta_i fixed for the run
+        x = (x - eta / 2 * g + torch.sqrt(2 * eta) * 0.01 * torch.randn(x0.shape, generator=gen)).clamp(0, 1)
+    torch.testing.assert_close(x2, x, rtol=0, atol=1e-6)
+    assert eta.flatten().unique().numel() == 6
+    with pytest.raises(RobgenError, match="the sgld sampler does not read --step-spread"):
+        generate.SampleConfig(step_spread=0.5).check()
+    with pytest.raises(RobgenError, match="--step-spread must be >= 0"):
+        SamplerConfig(steps=1, step_size=0.3, step_spread=-1.0)
 
 
 def test_heun_averages_the_predictor_and_corrector_gradients():
@@ -352,6 +372,30 @@ def test_evaluate_draws_its_attack_starts_from_its_seed(model_and_batch):
     model, x, y = model_and_batch
     runs = [evaluate(model, TensorDataset(x, y), "pgd10", seed=s, workers=0, progress=False)["E_adv"] for s in (0, 0, 1)]
     assert runs[0] == runs[1] != runs[2]
+
+
+def test_a_killed_evaluation_resumes_from_its_kept_batches_to_the_same_result(model_and_batch, tmp_path, monkeypatch):
+    model, x, y = model_and_batch
+    data, kw = TensorDataset(x, y), dict(batch_size=4, seed=3, workers=0, progress=False)
+    whole = collect_energies(model, data, "pgd10", **kw)
+    kept = tmp_path / "batches"
+    first = collect_energies(model, data, "pgd10", batches_dir=kept, **kw)
+    assert sorted(p.name for p in kept.iterdir()) == ["batch_00000.pt", "batch_00001.pt", "batch_00002.pt",
+                                                        "batch_00003.pt", "key.json"]
+    (kept / "batch_00002.pt").unlink()
+    (kept / "batch_00003.pt").unlink()  # killed after two of four batches
+    attacked = []
+    real = evaluate_module.run_attack
+    monkeypatch.setattr(evaluate_module, "run_attack", lambda *a, **k: attacked.append(1) or real(*a, **k))
+    resumed = collect_energies(model, data, "pgd10", batches_dir=kept, **kw)
+    assert len(attacked) == 2  # only the two lost batches ran again, from the random state the kept ones left
+    for rows in (first, resumed):
+        for key in whole:
+            torch.testing.assert_close(rows[key], whole[key], rtol=0, atol=0)
+    with pytest.raises(RobgenError, match="keeps the batches of another evaluation"):
+        collect_energies(model, data, "pgd20", batches_dir=kept, **kw)
+    with pytest.raises(RobgenError, match="batch_00000.pt was made from other images"):
+        collect_energies(model, TensorDataset(x.flip(0), y.flip(0)), "pgd10", batches_dir=kept, **kw)
 
 
 def test_collected_kl_is_the_kl_of_the_two_predictions():

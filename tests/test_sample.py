@@ -109,6 +109,17 @@ def test_a_stopped_run_resumes_without_redoing_finished_chunks(ckpt, tmp_path, m
     assert np.array_equal(images_of(tmp_path / "full")[0], images_of(tmp_path / "part")[0])
 
 
+def test_a_run_is_identified_by_the_step_settings_its_sampler_reads(ckpt, tmp_path):
+    """step_spread (sgld-rand's) came after sample folders existed: an sgld run's identity leaves it out, so folders
+    made before it resume, while sgld-rand runs with another spread are different runs."""
+    sample(ckpt, out=tmp_path / "sgld", **FAST)
+    assert "step_spread" not in json.loads((tmp_path / "sgld" / "chunks" / "settings.json").read_text())
+    sample(ckpt, out=tmp_path / "rand", sampler="sgld-rand", step_spread=0.5, **FAST)
+    assert json.loads((tmp_path / "rand" / "chunks" / "settings.json").read_text())["step_spread"] == 0.5
+    with pytest.raises(RobgenError, match="differs in step_spread"):
+        sample(ckpt, out=tmp_path / "rand", sampler="sgld-rand", step_spread=1.0, **FAST)
+
+
 def test_track_records_energy_per_step(ckpt, tmp_path):
     r = sample(ckpt, out=tmp_path / "t", track=True, classes=[1], **FAST)
     manifest = json.loads((tmp_path / "t/manifest.json").read_text())

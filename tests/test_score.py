@@ -313,6 +313,26 @@ def test_reference_subset_is_seeded_and_stated(sets):
         metrics.score(sets["samples"], ref=sets["ref"], ref_n=41, **tiny())
 
 
+def test_ref_n_on_a_stats_file_picks_the_images_ref_n_on_the_folder_picks(tmp_path, sets):
+    """One extraction of every reference image serves each proxy size: --ref-n on the stats file is --ref-n on the
+    folder (same seeded images, mu and sigma recomputed), and says so."""
+    whole = tmp_path / "whole.npz"
+    metrics.write_stats(whole, **tiny(ref=sets["ref"]))
+    from_file = metrics.score(sets["samples"], ref=str(whole), ref_n=16, fid=True, kid=True, **tiny())
+    from_folder = metrics.score(sets["samples"], ref=sets["ref"], ref_n=16, fid=True, kid=True, **tiny())
+    assert from_file["fid"] == pytest.approx(from_folder["fid"], rel=1e-6)
+    assert from_file["kid"] == pytest.approx(from_folder["kid"], rel=1e-6)
+    assert from_file["fid"] != pytest.approx(metrics.score(sets["samples"], ref=str(whole), fid=True, **tiny())["fid"], rel=1e-3)
+    assert from_file["protocol"]["reference_size"] == 16 and "subset of 16 of 40" in from_file["protocol"]["reference"]
+    subset = metrics.write_stats(tmp_path / "sub.npz", **tiny(ref=str(whole), ref_n=16))
+    assert subset["reference_size"] == 16 and len(np.load(tmp_path / "sub.npz")["features"]) == 16
+    with pytest.raises(RobgenError, match="--ref-n 41 asks for more images than .* holds \\(40\\)"):
+        metrics.score(sets["samples"], ref=str(whole), ref_n=41, **tiny())
+    np.savez(tmp_path / "bare.npz", mu=np.zeros(4), sigma=np.eye(4))
+    with pytest.raises(RobgenError, match="--ref-n needs the features"):
+        metrics.score(sets["samples"], ref=str(tmp_path / "bare.npz"), ref_n=16, **tiny())
+
+
 def test_ref_folder_reads_its_train_split_as_data_does(tmp_path):
     """folder:PATH with train/ and test/ is PATH/train for --ref as for --data, not both splits mixed."""
     tree = tmp_path / "tree"

@@ -14,7 +14,8 @@ from robgen.sample.starts import load_fit, shipped_fit_path
 
 def test_the_readme_first_command_samples_from_the_shipped_default(tmp_path, monkeypatch):
     # The README's command with 4 images instead of 64: no --ckpt, no --data (the shipped PCA fit serves the start),
-    # no --out (the README says it writes samples/weat_c10_small/), the default sampler settings (SGLD, 40 steps).
+    # no --out (the README says it writes samples/weat_c10/), the checkpoint's own sampling defaults (its card: sgld-rand,
+    # 10 steps, sigma_pca 0.014, step spread 1).
     monkeypatch.chdir(tmp_path)
     r = CliRunner().invoke(main, ["sample", "--class", "3", "-n", "4", "--json"])
     assert r.exit_code == 0, r.output
@@ -25,6 +26,10 @@ def test_the_readme_first_command_samples_from_the_shipped_default(tmp_path, mon
     assert ckpt.name == f"{DEFAULT_CHECKPOINT}.safetensors"
     assert result["start_source"] == str(shipped_fit_path(ckpt))
     manifest = json.loads((out / "manifest.json").read_text())
+    preferred = load_classifier(None).meta.sampling
+    assert preferred == {"init": "pca", "sampler": "sgld-rand", "sigma_pca": 0.014, "step_spread": 1.0, "steps": 10}
+    assert result["from_checkpoint"] == sorted(preferred)
+    assert {k: result["settings"][k] for k in preferred} == preferred
     assert manifest["checkpoint"]["sha256"] == checkpoint_id(None)["sha256"]
     assert [c["name"] for c in manifest["classes"]] == ["cat"]
     with np.load(out / "samples.npz") as f:

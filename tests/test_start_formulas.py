@@ -67,7 +67,7 @@ def test_fit_starts_holds_each_classs_statistics(tmp_path):
         with torch.no_grad():
             e = energy.joint_energy(model(x.view(-1, 3, 4, 4)), torch.full((5,), c)).mean()
         torch.testing.assert_close(fit.energy[c], e)
-    assert fit.info == {"dataset": f"folder:{root}", "split": "train", "per_class": 5, "seed": 3, "retained": None,
+    assert fit.info == {"dataset": "folder:d", "split": "train", "per_class": 5, "seed": 3, "retained": None,
                         "checkpoint_sha256": "sha", "class_names": ["class0", "class1", "class2"]}
     assert fit.input_shape == (3, 4, 4)
     assert S.fit_starts(f"folder:{root}", progress=False).energy.isnan().all()  # no model: energies unknown

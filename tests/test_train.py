@@ -160,6 +160,28 @@ def test_ddp_two_processes_with_gloo_write_one_run(colours, tmp_path):
     )
 
 
+def test_ddp_ranks_share_rank_0s_batchnorm_statistics_after_each_epoch(colours, tmp_path):
+    """Each rank updates its own BatchNorm running statistics on its half of the data (broadcast_buffers=False); at
+    every epoch end they become rank 0's on every rank, which is what rank 0 saves and evaluates."""
+    buffers = tmp_path / "buffers"
+    buffers.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "ROBGEN_TEST_BUFFERS": str(buffers)}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(REPO / "tests" / "ddp_buffers.py"), "train", "--data", colours, "--arch", "cnn-tiny", "--loss", "sat",
+        "--epochs", "1", "--batch-size", "8", "--val-n", "8", "--workers", "0", "--device", "cpu",
+        "--out", str(tmp_path / "ddp"), "--json",
+    ]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rank0, rank1 = (torch.load(buffers / f"epoch1_rank{r}.pt") for r in (0, 1))
+    means = [k for k in rank0 if k.endswith("running_mean")]
+    assert means and all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    saved = load_file(tmp_path / "ddp" / "last.safetensors")
+    assert all(torch.equal(saved[k.removeprefix("net.")].float(), rank0[k].float()) for k in means)
+    assert not torch.equal(rank0[means[0]], torch.zeros_like(rank0[means[0]]))  # trained, not the initial zeros
+
+
 def cli(*args: str):
     return CliRunner().invoke(main, ["train", "--workers", "0", "--device", "cpu", *args])
 

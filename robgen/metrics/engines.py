@@ -130,8 +130,10 @@ class TorchFidelity(Backend):
     def prc(self, feats_a, feats_b, neighborhood):
         from torch_fidelity.metric_prc import prc_features_to_metric
 
+        # save_cpu_ram: the same distances in blocks of 10,000 rows; the whole matrix against all 50,000 CIFAR-10
+        # training images (10 GB, more with cdist's buffers) ran a 24 GiB machine out of memory.
         out = prc_features_to_metric(torch.from_numpy(feats_a), torch.from_numpy(feats_b),
-                                     prc_neighborhood=neighborhood, verbose=False)
+                                     prc_neighborhood=neighborhood, save_cpu_ram=True, verbose=False)
         return {"precision": out["precision"], "recall": out["recall"], "f_score": out["f_score"]}
 
     def isc(self, logits, splits, seed):

@@ -124,5 +124,11 @@ def subsample(images: ImageSet, n: int | None, seed: int, option: str = "--n") -
     if n > len(images):
         raise RobgenError(f"{option} {n} asks for more images than {images.name} holds ({len(images)})")
     _check_count(images.images[:n], images.name)
-    keep = np.sort(np.random.default_rng(seed).permutation(len(images))[:n])
+    keep = seeded_subset(len(images), n, seed)
     return ImageSet(images.images[keep], images.labels[keep], images.name, f"{images.fingerprint}:n{n}:s{seed}")
+
+
+def seeded_subset(total: int, n: int, seed: int) -> np.ndarray:
+    """The sorted indices of a seeded random N of TOTAL: the one rule for images and for a stats file's features, so
+    `--ref-n N` on the 50,000-image statistics picks the same images as `--ref-n N` on the folder."""
+    return np.sort(np.random.default_rng(seed).permutation(total)[:n])

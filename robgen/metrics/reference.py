@@ -20,7 +20,7 @@ from ..errors import RobgenError
 from ..utils import atomic_path, cache_dir, precision, read_npz
 from .config import ScoreConfig
 from .engines import Backend, Extractor, extract
-from .images import load_reference_images, subsample
+from .images import load_reference_images, seeded_subset, subsample
 
 
 def protocol_id(backend: Backend, extractor: Extractor) -> dict[str, Any]:
@@ -60,7 +60,7 @@ def reference_stats(ref: str, backend: Backend, extractor: Extractor, opts: Scor
                               f"{want[clash[0]]!r}; recompute it with `robgen stats`")
         stats["protocol"] = {"reference_size": len(stats["features"]) if "features" in stats else None,
                              **have, "reference": f"{have.get('reference', 'unknown')} via {ref}"}
-        return stats
+        return _subset_of_stats(stats, backend, opts.ref_n, ref)
     images = load_reference_images(ref, opts.data_root, opts.download)
     total = len(images)
     # Seed 0, not the run's seed: the same subset (and cache entry) serves every scored run.
@@ -80,6 +80,24 @@ def reference_stats(ref: str, backend: Backend, extractor: Extractor, opts: Scor
     write_stats_file(path, stats)
     shutil.rmtree(blocks)
     return stats
+
+
+def _subset_of_stats(stats: dict[str, Any], backend: Backend, n: int | None, ref: str) -> dict[str, Any]:
+    """--ref-n on a statistics file: the seeded subset of its features (the images `--ref-n` on the folder picks,
+    seed 0), its mu and sigma recomputed; one extraction of all 50,000 images then serves every proxy size."""
+    if n is None or n == stats["protocol"]["reference_size"]:
+        return stats
+    if "features" not in stats:
+        raise RobgenError(f"--ref-n needs the features in {ref}; it holds only mu and sigma")
+    total = len(stats["features"])
+    if n > total:
+        raise RobgenError(f"--ref-n {n} asks for more images than {ref} holds ({total})")
+    keep = seeded_subset(total, n, 0)
+    feats = stats["features"][keep]
+    protocol = stats["protocol"]
+    return {**backend.statistics(feats), "features": feats, "labels": stats["labels"][keep] if "labels" in stats else
+            np.full(n, -1, np.int64), "protocol": {**protocol, "reference_size": n,
+                                                  "reference": f"{protocol['reference']} [seeded subset of {n} of {total}]"}}
 
 
 def _extract_in_blocks(images: torch.Tensor, backend: Backend, extractor: Extractor, batch_size: int, desc: str,

@@ -24,7 +24,7 @@ from . import Classifier, ModelMeta, build_classifier
 
 FORMAT = "robgen-classifier/1"
 SUFFIX = ".safetensors"
-DEFAULT_CHECKPOINT = "weat_c10_small"
+DEFAULT_CHECKPOINT = "weat_c10"
 
 
 def shipped_dir() -> Path:

@@ -56,6 +56,7 @@ class SampleConfig:
     alpha: float | None = None  # None: sqrt(2 eta)
     norm: str = "l2"  # pgd only
     eps: float | None = None  # pgd only: radius around the start
+    step_spread: float = 1.0  # sgld-rand only: std of log(step size) across chains
     retained: float = st.DEFAULTS["retained"]
     sigma_pca: float = st.DEFAULTS["sigma_pca"]
     data_noise: float = st.DEFAULTS["data_noise"]
@@ -73,7 +74,7 @@ class SampleConfig:
         checks.seed(self.seed)
         step_fn = SAMPLERS.get(self.sampler)
         _refuse_unread(self.sampler, getattr(step_fn, "reads", None), momentum=self.momentum, noise=self.noise,
-                       alpha=self.alpha, norm=self.norm, eps=self.eps)
+                       alpha=self.alpha, norm=self.norm, eps=self.eps, step_spread=self.step_spread)
         if self.init not in ("pca", "mix") and (self.retained, self.sigma_pca) != (DEFAULTS["retained"], DEFAULTS["sigma_pca"]):
             raise RobgenError(f"--retained and --sigma-pca shape the pca and mix starts only, not --init {self.init}; "
                               "drop them")
@@ -81,7 +82,7 @@ class SampleConfig:
         checks.number("--data-noise", self.data_noise, 0)
         energies.TARGET_ENERGIES.get(self.energy)
         cfg = SamplerConfig(self.steps, self.step_size if self.step_size is not None else step_fn.default_step_size,
-                            self.momentum, self.noise, self.alpha, self.norm, self.eps)
+                            self.momentum, self.noise, self.alpha, self.norm, self.eps, self.step_spread)
         if self.init in ("pca", "mix") and not 0 < self.retained <= 1:
             raise RobgenError(f"--retained must be in (0, 1], got {self.retained}")
         return cfg
@@ -172,7 +173,7 @@ def _refuse_unread(sampler: str, reads: tuple[str, ...] | None, **given) -> None
         return
     unread = [k for k, v in given.items() if k not in reads and v != DEFAULTS[k]]
     if unread:
-        options = ", ".join(f"--{k}" for k in unread)
+        options = ", ".join(f"--{k.replace('_', '-')}" for k in unread)
         raise RobgenError(f"the {sampler} sampler does not read {options} (it reads {', '.join(reads)}); drop "
                           f"{'it' if len(unread) == 1 else 'them'} or choose a sampler that uses "
                           f"{'it' if len(unread) == 1 else 'them'}")
@@ -361,6 +362,10 @@ def _plan(ckpt_path: Path, classes, options: SampleConfig, *, out, device, overw
                                             "bf16")},
         "start_fit": st.fit_digest(fit) if fit is not None else None,
     }
+    # step_spread came after sample folders existed: it is part of a run's identity only where the sampler reads it,
+    # so that a folder made before it still resumes.
+    if "step_spread" not in (getattr(SAMPLERS.get(options.sampler), "reads", None) or ("step_spread",)):
+        del settings["step_spread"]
     settings = json.loads(json.dumps(settings))  # the form it takes on disk, so equality survives the round trip
     out = Path(out) if out is not None else Path("samples") / ckpt_path.name.removesuffix(ckpt_path.suffix)
     _rank0_first(lambda: _prepare_out(out, settings, overwrite), rank, world, others_too=False)

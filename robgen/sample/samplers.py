@@ -33,6 +33,7 @@ class SamplerConfig:
     alpha: float | None = None  # noise scale; None: sqrt(2 eta)
     norm: str = "l2"  # pgd: linf (sign steps) or l2 (unit-L2 steps)
     eps: float | None = None  # pgd: radius of the ball around the start; None: only [0, 1]
+    step_spread: float = 1.0  # sgld-rand: std of log(eta) across chains
 
     def __post_init__(self):
         if self.steps <= 0:
@@ -49,11 +50,17 @@ class SamplerConfig:
             raise RobgenError(f"unknown norm {self.norm!r}; use linf or l2")
         if self.eps is not None and not 0 < self.eps < math.inf:
             raise RobgenError(f"--eps must be positive, got {self.eps}")
+        if not 0 <= self.step_spread < math.inf:
+            raise RobgenError(f"--step-spread must be >= 0, got {self.step_spread}")
 
     @property
     def noise_std(self) -> float:
         """alpha * sigma: the standard deviation of the noise added each step."""
         return (math.sqrt(2 * self.step_size) if self.alpha is None else self.alpha) * self.noise
+
+    def noise_std_per_chain(self, eta: Tensor) -> Tensor:
+        """alpha * sigma for per-chain step sizes eta (alpha = sqrt(2 eta) per chain unless --alpha is given)."""
+        return (torch.sqrt(2 * eta) if self.alpha is None else torch.full_like(eta, self.alpha)) * self.noise
 
 
 SAMPLERS: Registry[StepFn] = Registry("sampler")
@@ -62,13 +69,17 @@ SAMPLERS: Registry[StepFn] = Registry("sampler")
 LANGEVIN_READS = ("steps", "step_size", "momentum", "noise", "alpha")
 
 
-def _langevin(x: Tensor, state: dict, grad: Tensor, cfg: SamplerConfig, noise: NoiseFn) -> Tensor:
-    """v <- zeta v - (eta / 2) grad;  x <- clip(x + v + alpha sigma N(0, I))."""
-    v = -(cfg.step_size / 2) * grad
+def _langevin(x: Tensor, state: dict, grad: Tensor, cfg: SamplerConfig, noise: NoiseFn,
+              eta: Tensor | None = None) -> Tensor:
+    """v <- zeta v - (eta / 2) grad;  x <- clip(x + v + alpha sigma N(0, I)); `eta` (B, 1, 1, 1): one step size
+    per chain instead of cfg.step_size."""
+    v = -((cfg.step_size if eta is None else eta) / 2) * grad
     if cfg.momentum:
         v = v.add_(state["v"], alpha=cfg.momentum) if "v" in state else v
         state["v"] = v
     x = x + v
+    if eta is not None:
+        return x.addcmul_(noise(x), cfg.noise_std_per_chain(eta)).clamp_(0.0, 1.0)
     if cfg.noise_std:
         x = x.add_(noise(x), alpha=cfg.noise_std)
     return x.clamp_(0.0, 1.0)
@@ -79,6 +90,18 @@ def sgld(x: Tensor, state: dict, grad_fn: GradFn, cfg: SamplerConfig, noise: Noi
     """SGLD with momentum, exactly PAPER.md's update (v_0 = 0)."""
     e, grad = grad_fn(x)
     return _langevin(x, state, grad, cfg, noise), e
+
+
+@SAMPLERS.register("sgld-rand", default_step_size=0.8, reads=(*LANGEVIN_READS, "step_spread"))
+def sgld_rand(x: Tensor, state: dict, grad_fn: GradFn, cfg: SamplerConfig, noise: NoiseFn) -> tuple[Tensor, Tensor]:
+    """SGLD where each chain keeps its own step size eta * exp(s z), z ~ N(0, 1) drawn once per chain (s =
+    --step-spread): chains that move little keep their start's variety, chains that move far sharpen, so one run
+    spans both (the per-chain random step sizes used against mode collapse of short-run samplers)."""
+    if "eta" not in state:
+        z = noise(x[:, :1, :1, :1])
+        state["eta"] = cfg.step_size * torch.exp(cfg.step_spread * z)
+    e, grad = grad_fn(x)
+    return _langevin(x, state, grad, cfg, noise, state["eta"]), e
 
 
 @SAMPLERS.register("heun", default_step_size=0.8, reads=LANGEVIN_READS)

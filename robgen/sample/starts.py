@@ -176,7 +176,7 @@ def fit_starts(
 ) -> StartFit:
     """Fit every class of a dataset: mean, SVD of the centred class matrix, kept images, mean E(x, y) under `model`."""
     from .. import energy
-    from ..data import labels_of, load_split
+    from ..data import labels_of, load_split, portable_name
 
     if per_class is not None and per_class < 2:
         raise RobgenError(f"fitting a start needs at least 2 images per class, got --fit-images {per_class}")
@@ -206,7 +206,7 @@ def fit_starts(
             energies.append(energy.joint_energy(logits, torch.full((len(x),), y)).mean())
         else:
             energies.append(torch.tensor(float("nan")))
-    info = {"dataset": dataset_name, "split": split, "per_class": per_class, "seed": seed, "retained": None,
+    info = {"dataset": portable_name(dataset_name), "split": split, "per_class": per_class, "seed": seed, "retained": None,
             "checkpoint_sha256": checkpoint_sha256, "class_names": list(spec.class_names or [])}
     return StartFit(tuple(spec.input_shape), torch.stack(means), bases, stds, torch.stack(variances),
                     torch.stack(energies), torch.tensor(counts), kept, info)

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from .. import checks, distributed, energy
 from ..attacks import NORM_EPS, AttackSpec, check_radius
-from ..data import train_val_split
+from ..data import portable_name, train_val_split
 from ..errors import RobgenError
 from ..config import with_options
 from ..evaluate import EVAL, collect_energies, summarize
@@ -190,10 +190,7 @@ def recorded_recipe(config: dict, device: torch.device) -> dict:
     """The recipe as checkpoint metadata records it: no machine paths (a folder dataset keeps only its folder's
     name; config.json in the run folder keeps the full path for --resume) and what actually ran: the device type
     and the precision of the training forward passes (autocast is CUDA only; attacks always run in fp32)."""
-    recipe = dict(config)
-    kind, _, path = str(recipe["data"]).partition(":")
-    if kind == "folder" and path:
-        recipe["data"] = f"folder:{Path(path).name}"
+    recipe = {**config, "data": portable_name(config["data"])}
     recipe["device"] = device.type
     recipe["precision"] = config["amp"] if device.type == "cuda" and config["amp"] != "off" else "fp32"
     return recipe
