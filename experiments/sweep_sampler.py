@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 from robgen.metrics import score
-from robgen.sample import sample
+from robgen.sample import DEFAULTS, sample
 from robgen.utils import atomic_write_text
 
 PCA_INITS, PCA_OPTIONS = ("pca", "mix"), ("sigma_pca", "retained")
@@ -77,16 +77,17 @@ def run(args) -> None:
 
 
 def table(path: str) -> None:
-    """docs/RESULTS.md's sweep table: one row per line of a sweep.jsonl, in its order (sample() defaults where a
-    setting names nothing: sgld, pca, 40 steps, sigma_pca 0.005)."""
+    """docs/RESULTS.md's sweep table: one row per line of a sweep.jsonl, in its order (sample()'s defaults where a
+    setting names nothing)."""
     print("| sampler | start | sigma_pca | steps | other | FID | KID | precision | recall |")
     print("|---|---|---|---|---|---|---|---|---|")
     for line in Path(path).read_text().splitlines():
         r = json.loads(line)
         s = dict(r["setting"])
-        init = s.pop("init", "pca")
-        cells = [s.pop("sampler", "sgld"), init, str(s.pop("sigma_pca", 0.005)) if init in PCA_INITS else "-",
-                 str(s.pop("steps", 40)), ", ".join(f"{k} {v}" for k, v in sorted(s.items())) or "-"]
+        init = s.pop("init", DEFAULTS["init"])
+        sigma = str(s.pop("sigma_pca", DEFAULTS["sigma_pca"])) if init in PCA_INITS else "-"
+        cells = [s.pop("sampler", DEFAULTS["sampler"]), init, sigma, str(s.pop("steps", DEFAULTS["steps"])),
+                 ", ".join(f"{k} {v}" for k, v in sorted(s.items())) or "-"]
         print("| " + " | ".join(cells) + f" | {r['fid']:.2f} | {r['kid']:.4f} | {r['precision']:.3f} | "
               f"{r['recall']:.3f} |")
 
