@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import importlib.metadata
 import importlib.util
 import math
+import os
 import sys
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -259,10 +261,18 @@ def _torchattacks(spec: AttackSpec, model: nn.Module, num_classes: int, seed: in
 # The reference AutoAttack (Croce & Hein 2020) under its two install names: PyPI's `pyautoattack` and
 # `pip install git+https://github.com/fra31/auto-attack` (import name `autoattack`, the API RobustBench calls).
 REFERENCE_AUTOATTACK = ("pyautoattack", "autoattack")
+# Set to "torchattacks" to run the fallback chain although the reference is installed (to compare the two engines).
+ENGINE_VARIABLE = "ROBGEN_AUTOATTACK_ENGINE"
 
 
 def reference_autoattack() -> tuple[str, str] | None:
-    """(import name, version) of the installed reference AutoAttack, or None."""
+    """(import name, version) of the installed reference AutoAttack, or None (also when $ROBGEN_AUTOATTACK_ENGINE
+    chooses the torchattacks chain)."""
+    engine = os.environ.get(ENGINE_VARIABLE, "")
+    if engine not in ("", "reference", "torchattacks"):
+        raise RobgenError(f"${ENGINE_VARIABLE}={engine!r}: use reference or torchattacks")
+    if engine == "torchattacks":
+        return None
     for name in REFERENCE_AUTOATTACK:
         if name in sys.modules or importlib.util.find_spec(name) is not None:
             try:
@@ -286,7 +296,9 @@ def attack_engine(spec: AttackSpec) -> dict:
     result = {"engine": f"torchattacks {version}"}
     if spec.method == "autoattack":
         result["version"] = f"standard chain (APGD-CE, APGD-T, FAB-T at {spec.steps} iterations, Square 5000 queries)"
-        result["note"] = ("fallback: the reference AutoAttack is not installed "
+        result["note"] = (f"chosen by ${ENGINE_VARIABLE}=torchattacks, instead of the reference AutoAttack"
+                          if os.environ.get(ENGINE_VARIABLE) == "torchattacks" else
+                          "fallback: the reference AutoAttack is not installed "
                           "(pip install 'robgen[autoattack]' for the number RobustBench reports)")
     return result
 

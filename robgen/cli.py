@@ -19,7 +19,7 @@ from .sample.samplers import SAMPLERS
 from .sample.starts import STARTS
 from .energy import TARGET_ENERGIES
 from .utils import to_json
-from .train import DEFAULT_RECIPE, LOSSES, RECIPES, SCHEDULES, TrainCall, recipe_defaults
+from .train import DEFAULT_RECIPE, LOSSES, RECIPES, SCHEDULES, TrainCall, recipe_defaults, selection_key
 
 
 WRITE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
@@ -518,7 +518,7 @@ STEP_FRACTION_HELP = ("training attack step [eps x the recipe's fraction: "
 @train_option("max_train", "train on the first N images outside the validation split (none: all)", type=int)
 @train_option("val_n", "validation images held out of the TRAINING set: per-epoch clean/PGD-20 accuracy and the "
               "choice of best.safetensors", type=int)
-@train_option("select_from", "best.safetensors: best validation PGD accuracy from this epoch on", type=int)
+@train_option("select_from", "best.safetensors: best validation PGD accuracy (standard: clean) from this epoch on", type=int)
 @train_option("amp", "CUDA autocast", type=click.Choice(["bf16", "fp16", "off"]))
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (CUDA only)")
 @train_option("seed", "random seed: the same seed gives the same run", type=int)
@@ -555,7 +555,7 @@ def train_cmd(data, arch, loss, recipe, epochs, batch_size, lr, schedule, norm, 
         f"trained {config['loss']} to epoch {r['epochs_done']}/{r['epochs']} in {out}: "
         f"validation clean {last['val_clean_acc']:.2f}%, PGD-{config['val_attack_steps']} "
         f"{last['val_robust_acc']:.2f}%; best epoch {best['epoch']} "
-        f"({best['val_robust_acc']:.2f}%)",
+        f"({selection_key(config).removeprefix('val_').replace('_acc', '')} {best['value']:.2f}%)",
         f"wrote {r['checkpoints']['last']}, {r['checkpoints']['best']}, {out}/metrics.jsonl, {out}/state.pt",
     ])
 

@@ -281,3 +281,41 @@ def test_a_targeted_step_descends_the_targets_cross_entropy():
     x_adv = A.pgd(model, x, target, eps=0.2, step_size=0.05, steps=3, targeted=True, start=None)
     with torch.no_grad():
         assert (energy.cross_entropy(model(x_adv), target) < energy.cross_entropy(model(x), target)).all()
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_the_reference_autoattack_is_a_direct_call_of_its_standard_version(norm):
+    """robgen's reference engine = pyautoattack's standard version called by hand with the same radius, norm, seed,
+    iterations and targets (all four attacks, each on the points still robust); a 5-class model gets 4 targets."""
+    pyautoattack = pytest.importorskip("pyautoattack")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 5)).eval()  # Square needs more than 4 x 4 pixels
+    x = torch.rand(8, 3, 16, 16, generator=gen(1))
+    y = model(x).argmax(1)  # every point starts correctly classified
+    spec = ATTACKS.get("autoattack").replace(steps=2, norm=norm, eps=8 / 255 if norm == "linf" else 0.5)
+    ours = A._reference_autoattack(spec, model, x, y, num_classes=5, seed=7)
+    direct = pyautoattack.AutoAttack(model, norm="Linf" if norm == "linf" else "L2", eps=spec.eps, version="standard",
+                                     seed=7, device=x.device)
+    direct.apgd_targeted.n_target_classes = direct.fab.n_target_classes = 4
+    direct.apgd.n_iter = direct.apgd_targeted.n_iter = direct.fab.n_iter = 2
+    expected, _ = direct.run_standard_evaluation(x, y, batch_size=len(x))
+    assert torch.equal(ours, expected)
+    assert not torch.equal(ours, x) and not ours.requires_grad
+    radius = (ours - x).abs().amax() if norm == "linf" else (ours - x).flatten(1).norm(dim=1).max()
+    assert radius <= spec.eps + 1e-5
+
+
+def test_the_engine_variable_chooses_the_torchattacks_chain_and_the_report_says_so(monkeypatch):
+    spec = ATTACKS.get("autoattack")
+    monkeypatch.setenv(A.ENGINE_VARIABLE, "torchattacks")
+    assert A.reference_autoattack() is None
+    report = A.attack_engine(spec)
+    assert report["engine"].startswith("torchattacks ")
+    assert report["note"] == "chosen by $ROBGEN_AUTOATTACK_ENGINE=torchattacks, instead of the reference AutoAttack"
+    monkeypatch.setenv(A.ENGINE_VARIABLE, "reference")
+    if A.reference_autoattack() is not None:
+        assert A.attack_engine(spec)["engine"].startswith(A.reference_autoattack()[0])
+    monkeypatch.setenv(A.ENGINE_VARIABLE, "fab")
+    with pytest.raises(RobgenError) as err:
+        A.reference_autoattack()
+    assert str(err.value) == "$ROBGEN_AUTOATTACK_ENGINE='fab': use reference or torchattacks"

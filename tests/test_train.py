@@ -248,3 +248,21 @@ def test_recorded_recipe_names_the_precision_that_ran():
     on_cpu = recorded_recipe(config, torch.device("cpu"))
     assert (on_cpu["data"], on_cpu["device"], on_cpu["precision"]) == ("folder:c10", "cpu", "fp32")
     assert recorded_recipe(make_config(), torch.device("cpu"))["data"] == "cifar10"
+
+
+def test_a_standard_run_keeps_its_best_clean_epoch_and_adversarial_runs_their_best_robust_one(colours, tmp_path):
+    """Standard training has no robustness to choose by (its PGD accuracy is near 0 at every epoch): its
+    best.safetensors is the epoch of the best clean validation accuracy; every adversarial loss keeps choosing by PGD."""
+    from robgen.models.checkpoint import load_classifier
+    from robgen.train import selection_key
+
+    assert [selection_key({"loss": loss}) for loss in ("standard", "trades", "weat-adv")] == [
+        "val_clean_acc", "val_robust_acc", "val_robust_acc"]
+    out = tmp_path / "standard"
+    result = run(tiny(colours, loss="standard", epochs=3, lr=0.2), out)
+    lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    chosen = max(lines, key=lambda m: (m["val_clean_acc"], -m["epoch"]))  # the first epoch of the best accuracy
+    assert result["best"] == {"epoch": chosen["epoch"], "value": chosen["val_clean_acc"]}
+    assert load_classifier(out / "best.safetensors").meta.metrics["epoch"] == chosen["epoch"]
+    state = torch.load(out / "state.pt", weights_only=True)
+    assert (state["best_epoch"], state["best_value"]) == (chosen["epoch"], chosen["val_clean_acc"])

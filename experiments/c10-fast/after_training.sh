@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# After both WEAT runs finish (issue 16): test-set accuracy of each, then the sampler proxy that picks the default.
-# Two lanes, one thread each; every step is skipped when its output exists, so the script resumes after a stop.
+# After the fast-recipe runs (issue 16): test-set accuracy of each finished run, and the sampler proxy that picked the
+# default. Two lanes, one thread each; every step is skipped when its output exists, so the script resumes after a stop.
+# `after_training.sh eval` runs lane 1 alone.
 #   lane 1: robgen eval on all 10,000 test JPEGs (clean + PGD-20 in the run's norm) -> <run>/eval_test10k.json
 #   lane 2: statistics of a seeded 10,000 training JPEGs (the proxy reference; never test images), then
 #           experiments/sweep_sampler.py per run (100 per class) -> <run>/sweep/sweep.jsonl (committed)
@@ -31,4 +32,17 @@ proxy() {
   done
 }
 
-(evaluate weat-adv-linf pgd20 && evaluate weat-adv-l2 pgd20-l2) & proxy & wait
+evaluate_finished() {  # every run that has trained all its epochs, PGD-20 in its own norm
+  local run attack
+  for run in weat-adv-linf weat-adv-l2 standard trades sat weat-nat; do
+    [ -f $E/$run/config.json ] && [ -f $E/$run/metrics.jsonl ] || continue
+    [ "$(wc -l < $E/$run/metrics.jsonl)" -eq "$(python -c "import json; print(json.load(open('$E/$run/config.json'))['epochs'])")" ] || continue
+    attack=pgd20; grep -q '"norm": "l2"' $E/$run/config.json && attack=pgd20-l2
+    evaluate $run $attack
+  done
+}
+
+case ${1:-both} in
+  eval) evaluate_finished ;;
+  *) evaluate_finished & proxy & wait ;;
+esac

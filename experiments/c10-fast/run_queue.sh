@@ -2,7 +2,8 @@
 # The fast-recipe runs of issue 16, two lanes side by side (one thread each, niced), each lane running its runs in
 # order and resuming whichever is unfinished. Safe to start again after any stop: a finished run says "nothing to
 # do", an unfinished one continues from its state.pt. Logs: experiments/c10-fast/<run>.log.
-#   python -m zipfile -e ../shared/data/cifar10-jpg.zip /tmp/c10 && experiments/c10-fast/run_queue.sh
+#   python -m zipfile -e ../shared/data/cifar10-jpg.zip /tmp/c10 && experiments/c10-fast/run_queue.sh [a|b]
+# (no argument: both lanes; one letter: that lane alone, leaving the other core free for evaluation jobs).
 set -u
 cd "$(dirname "$0")/../.."
 DATA=${DATA:-folder:/tmp/c10}
@@ -15,6 +16,11 @@ run() {  # run NAME LOSS NORM
     >> "experiments/c10-fast/$1.log" 2>&1
 }
 
-lane_a() { run weat-adv-linf weat-adv linf && run trades trades linf && run standard standard linf; }
+# Standard first: it is the cheapest run and the energy histograms compare it with the default.
+lane_a() { run weat-adv-linf weat-adv linf && run standard standard linf && run trades trades linf; }
 lane_b() { run weat-adv-l2 weat-adv l2 && run sat sat linf && run weat-nat weat-nat linf; }
-lane_a & lane_b & wait
+case ${1:-ab} in
+  a) lane_a ;;
+  b) lane_b ;;
+  *) lane_a & lane_b & wait ;;
+esac

@@ -1,8 +1,8 @@
 """The training loop: recipes, per-epoch energy telemetry, atomic checkpoints, exact resume, DDP.
 
 A run folder holds config.json (the recipe), metrics.jsonl (one JSON object per epoch), last.safetensors and
-best.safetensors (robgen classifiers; best by PGD-20 accuracy on a validation split held out of the TRAINING set,
-never on test images) and state.pt (optimizer, scheduler, scaler, weights). state.pt is written last each epoch: it is the commit point a resumed run continues from.
+best.safetensors (robgen classifiers; best by PGD-20 accuracy, or clean accuracy for standard training, on a
+validation split held out of the TRAINING set, never on test images) and state.pt (optimizer, scheduler, scaler, weights). state.pt is written last each epoch: it is the commit point a resumed run continues from.
 Randomness (data order, augmentation, attack starts) is drawn from generators re-seeded from (seed, epoch, rank) at
 every epoch start, so resuming at an epoch boundary gives bit-identical results on CPU for any number of ranks.
 """
@@ -66,7 +66,7 @@ class TrainConfig:
     max_train: int | None = None  # None: every training image outside the validation split; N: the first N of them
     val_n: int = 1000  # validation images held out of the training set (seeded by val_seed), never trained on
     val_seed: int = 0  # the same split for every run seed, so runs are compared on the same images
-    select_from: int = 1  # best.safetensors: the best validation PGD accuracy from this epoch on
+    select_from: int = 1  # best.safetensors: the best validation accuracy (selection_key) from this epoch on
     seed: int = 0
     amp: str = "bf16"  # CUDA only: bf16 | fp16 | off (CPU always runs fp32)
 
@@ -514,12 +514,18 @@ class _Run:
         return len(self.loader)
 
 
+def selection_key(config: dict) -> str:
+    """The validation accuracy best.safetensors is chosen by: PGD accuracy for the adversarial losses, clean accuracy
+    for standard training (its PGD accuracy is near 0 at every epoch, so choosing by it picks noise)."""
+    return "val_clean_acc" if config["loss"] == "standard" else "val_robust_acc"
+
+
 @dataclass
 class _Progress:
     """Where the run stands: the first epoch this call trains, the best epoch so far and metrics.jsonl's lines."""
 
     start: int = 1
-    best: dict = field(default_factory=lambda: {"epoch": 0, "val_robust_acc": -1.0})
+    best: dict = field(default_factory=lambda: {"epoch": 0, "value": -1.0})  # value: of selection_key
     history: list[str] = field(default_factory=list)
     last: dict | None = None  # the latest committed epoch's metrics
 
@@ -614,7 +620,8 @@ def _restore(run: _Run, state: dict | None) -> _Progress:
     _load_scaler(run.scaler, state["scaler"], run.session.log)
     # Lines past the committed epoch come from an epoch that was killed before state.pt was written.
     history = [ln for ln in metrics_lines(run.out) if ln.strip() and json.loads(ln)["epoch"] <= state["epoch"]]
-    best = {"epoch": state["best_epoch"], "val_robust_acc": state["best_robust_acc"]}
+    # state.pt written before session 6 named the value best_robust_acc (every loss was chosen by PGD accuracy then).
+    best = {"epoch": state["best_epoch"], "value": state.get("best_value", state.get("best_robust_acc"))}
     return _Progress(state["epoch"] + 1, best, history, json.loads(history[-1]) if history else None)
 
 
@@ -708,8 +715,8 @@ def _evaluate_and_commit(run: _Run, done: _Progress, epoch: int, sums: EpochSums
     model.meta.metrics = {k: last[k] for k in ("epoch", "val_clean_acc", "val_robust_acc", "val_images")}
     model.meta.metrics["val_attack"] = f"pgd{config['val_attack_steps']} {config['norm']} eps {config['eps']:.5f}"
     save_classifier(model, out / "last.safetensors")
-    if epoch >= config["select_from"] and last["val_robust_acc"] > done.best["val_robust_acc"]:
-        done.best = {"epoch": epoch, "val_robust_acc": last["val_robust_acc"]}
+    if epoch >= config["select_from"] and last[selection_key(config)] > done.best["value"]:
+        done.best = {"epoch": epoch, "value": last[selection_key(config)]}
         save_classifier(model, out / "best.safetensors")
     done.history.append(json.dumps(last, sort_keys=True))
     done.last = last
@@ -720,6 +727,6 @@ def _evaluate_and_commit(run: _Run, done: _Progress, epoch: int, sums: EpochSums
         torch.save({
             "epoch": epoch, "model": model.net.state_dict(), "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
-            "best_epoch": done.best["epoch"], "best_robust_acc": done.best["val_robust_acc"],
+            "best_epoch": done.best["epoch"], "best_value": done.best["value"],
         }, f)
     run.session.log(_format_epoch(last, config["epochs"]))
