@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 import importlib.metadata
 import importlib.util
 import math
@@ -265,13 +264,18 @@ REFERENCE_AUTOATTACK = ("pyautoattack", "autoattack")
 ENGINE_VARIABLE = "ROBGEN_AUTOATTACK_ENGINE"
 
 
-def reference_autoattack() -> tuple[str, str] | None:
-    """(import name, version) of the installed reference AutoAttack, or None (also when $ROBGEN_AUTOATTACK_ENGINE
-    chooses the torchattacks chain)."""
+def _torchattacks_chosen() -> bool:
+    """Whether $ROBGEN_AUTOATTACK_ENGINE asks for the torchattacks chain (checked: reference or torchattacks)."""
     engine = os.environ.get(ENGINE_VARIABLE, "")
     if engine not in ("", "reference", "torchattacks"):
         raise RobgenError(f"${ENGINE_VARIABLE}={engine!r}: use reference or torchattacks")
-    if engine == "torchattacks":
+    return engine == "torchattacks"
+
+
+def reference_autoattack() -> tuple[str, str] | None:
+    """(import name, version) of the installed reference AutoAttack, or None (also when $ROBGEN_AUTOATTACK_ENGINE
+    chooses the torchattacks chain)."""
+    if _torchattacks_chosen():
         return None
     for name in REFERENCE_AUTOATTACK:
         if name in sys.modules or importlib.util.find_spec(name) is not None:
@@ -297,7 +301,7 @@ def attack_engine(spec: AttackSpec) -> dict:
     if spec.method == "autoattack":
         result["version"] = f"standard chain (APGD-CE, APGD-T, FAB-T at {spec.steps} iterations, Square 5000 queries)"
         result["note"] = (f"chosen by ${ENGINE_VARIABLE}=torchattacks, instead of the reference AutoAttack"
-                          if os.environ.get(ENGINE_VARIABLE) == "torchattacks" else
+                          if _torchattacks_chosen() else
                           "fallback: the reference AutoAttack is not installed "
                           "(pip install 'robgen[autoattack]' for the number RobustBench reports)")
     return result
