@@ -2,7 +2,7 @@
 
 Per architecture: images/s of a forward+backward+SGD step, of an input-gradient pass (what an attack step costs) and
 of a forward pass, batch 128, channels_last, and each speed as a ratio to cnn-small's. This is how airnet was chosen
-for the fast recipe (on one idle thread: airnet 105 / 175 / 376 img/s, cnn-small 265 / 362 / 977).
+for the fast recipe (benchmarks/results/bench_arch.txt holds a committed run).
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/bench_arch.py [--archs cnn-small,airnet,preact-resnet18 --iters 4]
 """

@@ -345,3 +345,18 @@ def test_the_model_parameter_counts_in_the_readme():
     counts = {name: sum(p.numel() for p in ARCHS.get(name)(num_classes=10).parameters())
               for name in ("airnet", "cnn-small")}
     assert f"{counts['airnet'] / 1e6:.1f}M parameters" in README and f"cnn-small` ({counts['cnn-small'] / 1e6:.2f}M)" in README
+
+
+def test_the_readmes_benchmark_figures_are_the_committed_outputs():
+    """The speeds the README quotes are the ones benchmarks/results/*.txt recorded (a rerun replaces both)."""
+    results = ROOT / "benchmarks" / "results"
+    arch = {m[0]: m[1:] for m in re.findall(
+        r"^  (\S+) +[\d.]+M  train +(\d+) \(([\d.]+)\)  input-grad +(\d+) \(([\d.]+)\)  forward +(\d+) \(([\d.]+)\)$",
+        (results / "bench_arch.txt").read_text(), re.M)}
+    flat = " ".join(README.split())
+    assert (f"printed airnet {arch['airnet'][0]} images/s, cnn-small {arch['cnn-small'][0]} and PreActResNet-18 "
+            f"(11.2M) {arch['preact-resnet18'][0]}") in flat
+    assert f"airnet {arch['airnet'][1]} / {arch['airnet'][3]} / {arch['airnet'][5]} of cnn-small" in flat
+    recipe = dict(re.findall(r"^  (\S+) +\(\d attack steps\):.* ratio ([\d.]+)", (results / "bench_recipe.txt").read_text(), re.M))
+    assert (f"standard {recipe['standard']}, sat {recipe['sat']} (2 attack steps; goal 3.3), "
+            f"weat-adv {recipe['weat-adv']}") in flat

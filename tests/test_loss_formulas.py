@@ -100,3 +100,19 @@ def test_weighted_losses_divide_by_the_batch_size_not_the_weights():
     per_sample, w = LOSSES.get("weat-adv").fn(fresh(x), fresh((x + 0.05).clamp(0, 1)), y, 6.0)
     torch.testing.assert_close(value, (w * per_sample).mean())
     assert not torch.allclose(value, (w * per_sample).sum() / w.sum())
+
+
+def test_a_new_loss_is_one_decorated_function(monkeypatch):
+    from robgen.train.losses import Loss, register_loss
+
+    monkeypatch.setattr(LOSSES, "_items", dict(LOSSES._items))  # the registration ends with the test
+
+    def halved(clean, adv, y, beta):
+        return adv.sum(1) / 2, None
+
+    assert register_loss("halved", objective="kl", start="normal")(halved) is halved
+    assert LOSSES.get("halved") == Loss("halved", "kl", "normal", True, halved)  # the clean logits by default
+    register_loss("halved-adv-only", objective="ce", start="uniform", uses_clean=False)(halved)
+    assert LOSSES.get("halved-adv-only") == Loss("halved-adv-only", "ce", "uniform", False, halved)
+    with pytest.raises(ValueError, match="registered twice"):
+        register_loss("halved", objective="kl", start="normal")(halved)
