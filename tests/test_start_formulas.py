@@ -210,3 +210,144 @@ def test_the_cache_key_and_digest_follow_every_input():
         other = toy_fit()
         change(other)
         assert S.fit_digest(other) != digest
+
+
+def test_principal_components_do_not_depend_on_the_datas_scale():
+    """Null directions are dropped relative to the largest eigenvalue, so tiny-valued data keeps its components."""
+    x = torch.rand(6, 20, generator=gen(5))
+    centred = x - x.mean(0)
+    std, basis = S._principal(centred)
+    small_std, small_basis = S._principal(centred * 1e-6)
+    assert len(small_std) == len(std) == 5  # n - 1 directions carry variance
+    torch.testing.assert_close(small_std, std * 1e-6)
+    torch.testing.assert_close(small_basis.abs(), basis.abs(), atol=1e-4, rtol=0)
+
+
+def test_a_fits_digest_survives_saving_and_loading(tmp_path):
+    """Manifests compare digests of a fit made now and of one read from the cache: they must agree."""
+    fit = toy_fit()
+    fit.info = {"seed": 0, "checkpoint_sha256": "abc", "retained": None, "dataset": "d"}  # not in sorted order
+    back = S.load_fit(S.save_fit(fit, tmp_path / "f.starts.safetensors"))
+    assert S.fit_digest(back) == S.fit_digest(fit)
+    assert len(back.images) == len(fit.images) == 2 and all(torch.equal(a, b) for a, b in zip(back.images, fit.images))
+    fit.images = []
+    assert S.load_fit(S.save_fit(fit, tmp_path / "g.starts.safetensors")).images == []
+
+
+def test_load_fit_names_the_file_it_cannot_read(tmp_path):
+    missing = tmp_path / "missing.safetensors"
+    with pytest.raises(RobgenError, match=f"^no start fit '{missing}'; make one with"):
+        S.load_fit(missing)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(RobgenError, match=f"^{tmp_path / 'junk.safetensors'} is not a readable start fit \\("):
+        S.load_fit(tmp_path / "junk.safetensors")
+
+
+class Recorder:
+    """Wraps a function, recording the arguments of every call."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, []
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append((args, kwargs))
+        return self.fn(*args, **kwargs)
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """A 4x4 three-class folder and a checkpoint trained on nothing that names it as its dataset."""
+    root = write_image_folder(tmp_path / "d", per_class=4, size=4)
+    path = make_ckpt(tmp_path / "m" / "m.safetensors", f"folder:{root}", shape=(3, 4, 4))
+    return root, path, __import__("robgen").load_classifier(path)
+
+
+def test_resolve_fit_tries_each_source_in_order_and_says_which(tiny, tmp_path, monkeypatch):
+    root, path, model = tiny
+    dataset = f"folder:{root}"
+
+    def resolve(init="pca", **kw):
+        return S.resolve_fit(init, model=model, ckpt_path=path, checkpoint_sha256="sha", **kw)
+
+    assert resolve("uniform") == (None, "none")  # a start that needs no fit
+    fitting = Recorder(S.fit_starts)
+    monkeypatch.setattr(S, "fit_starts", fitting)
+    fit, source = resolve("uniform", early_stop=True)  # ... but early stopping needs the class energies
+    cached = S.cached_fit_path(S.fit_key(dataset, "train", None, 0, (3, 4, 4), "sha"))
+    assert source == f"fitted on {dataset} (every image per class), cached at {cached}" and cached.is_file()
+    assert fitting.calls == [((dataset,), dict(model=model, checkpoint_sha256="sha", per_class=None, root=None,
+                                               download=False, progress=True))]
+    assert fit.energy.isfinite().all() and fit.info["checkpoint_sha256"] == "sha"
+    again, source = resolve("pca")
+    assert source == str(cached) and len(fitting.calls) == 1 and S.fit_digest(again) == S.fit_digest(fit)
+
+    fit, source = resolve("pca", per_class=2, root=tmp_path / "r", progress=False)
+    cached = S.cached_fit_path(S.fit_key(dataset, "train", 2, 0, (3, 4, 4), "sha"))
+    assert source == f"fitted on {dataset} (2 images per class), cached at {cached}"
+    assert fitting.calls[-1][1] == dict(model=model, checkpoint_sha256="sha", per_class=2, root=tmp_path / "r",
+                                        download=False, progress=False)
+    assert fit.count.tolist() == [2.0] * 3
+
+    with pytest.raises(RobgenError, match=r"^the pca start needs training images to fit on: .*; or pass "
+                                          r"--start-stats FILE from `robgen fit-start`$"):
+        resolve(data=f"folder:{tmp_path / 'nowhere'}")
+
+
+def test_resolve_fit_reads_start_stats_then_the_shipped_fit(tiny, tmp_path):
+    root, path, model = tiny
+
+    def resolve(init="pca", **kw):
+        return S.resolve_fit(init, model=model, ckpt_path=path, checkpoint_sha256="sha", **kw)
+
+    fit = S.fit_starts(f"folder:{root}", model=model, checkpoint_sha256="other", progress=False)
+    stats = S.save_fit(fit, tmp_path / "stats.starts.safetensors")
+    got, source = resolve(start_stats=stats)
+    assert source == str(stats) and S.fit_digest(got) == S.fit_digest(S.load_fit(stats))
+    with pytest.raises(RobgenError, match=f"^{stats}: early stopping needs the class energies of this checkpoint, "
+                                          "which this fit does not hold; pass --data to fit one on training images$"):
+        resolve(start_stats=stats, early_stop=True)
+    wrong = S.save_fit(toy_fit(), tmp_path / "wrong.starts.safetensors")
+    with pytest.raises(RobgenError, match=rf"^start fit {wrong} is for 2 classes of shape \(3, 2, 2\), but the model "
+                                          r"takes 3 classes of shape \(3, 4, 4\); pass a matching --data or "
+                                          r"--start-stats$"):
+        resolve(start_stats=wrong)
+
+    shipped = S.save_fit(fit, S.shipped_fit_path(path))
+    assert resolve()[1] == str(shipped)
+    # Early stopping needs this checkpoint's energies, which the shipped fit (made for "other") lacks: a new fit.
+    assert resolve(early_stop=True)[1].startswith(f"fitted on folder:{root} (every image per class)")
+    S.save_fit(toy_fit(), shipped)
+    with pytest.raises(RobgenError, match=rf"^start fit {shipped} is for 2 classes"):
+        resolve()
+
+
+def test_resolve_fit_without_a_dataset_says_what_to_pass(tmp_path):
+    model = __import__("robgen").load_classifier(make_ckpt(tmp_path / "m.safetensors", "", shape=(3, 4, 4)))
+    with pytest.raises(RobgenError, match=r"^the gaussian start needs class statistics fitted on training images, and "
+                                          r"the checkpoint names no dataset: pass --data DATASET \(or --start-stats "
+                                          r"FILE from `robgen fit-start`\)$"):
+        S.resolve_fit("gaussian", model=model, ckpt_path=tmp_path / "m.safetensors", checkpoint_sha256="sha")
+
+
+@pytest.mark.parametrize("init", ["pca", "gaussian", "data"])
+def test_export_fit_writes_what_its_start_needs(tiny, tmp_path, monkeypatch, init):
+    from robgen.models.checkpoint import checkpoint_id
+
+    root, path, model = tiny
+    fitting = Recorder(S.fit_starts)
+    monkeypatch.setattr(S, "fit_starts", fitting)
+    out = tmp_path / f"{init}.starts.safetensors"
+    report = S.export_fit(path, out, init=init, per_class=3, root=tmp_path / "r", progress=False)
+    fit = S.load_fit(out)
+    full = fitting.fn(f"folder:{root}", model=model, per_class=3, progress=False)
+    kept = [len(s) for s in (full.truncated(0.95).std if init == "pca" else full.std)]
+    assert report == {"out": str(out), "init": init, "data": f"folder:{root}", "per_class": 3, "classes": 3,
+                      "components": kept, "bytes": out.stat().st_size}
+    assert [len(s) for s in fit.std] == kept and fit.info["retained"] == (0.95 if init == "pca" else None)
+    assert len(fit.images) == (3 if init == "data" else 0)
+    assert fit.info["checkpoint_sha256"] == checkpoint_id(path)["sha256"]
+    assert fitting.calls == [((f"folder:{root}",), dict(model=fitting.calls[0][1]["model"], checkpoint_sha256=checkpoint_id(path)["sha256"],
+                                                         per_class=3, root=tmp_path / "r", download=False, progress=False))]
+    assert next(fitting.calls[0][1]["model"].parameters()).device.type == "cpu"  # "auto" fits on the CPU
+    with pytest.raises(RobgenError, match="exists"):
+        S.export_fit(path, out, init=init)  # never replaced without overwrite=True
