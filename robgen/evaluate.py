@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,7 +139,11 @@ class KeptBatches:
         path = self.folder / f"batch_{i:05d}.pt"
         if not path.is_file():
             return None
-        kept = torch.load(path, weights_only=True)
+        try:
+            kept = torch.load(path, weights_only=True)  # never unpickles code: the folder may come from anywhere
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+            raise RobgenError(f"{path} is not a batch file robgen wrote ({type(err).__name__}); choose another "
+                              "--batches-dir") from None
         if kept["digest"] != self._digest(x, y):
             raise RobgenError(f"{path} was made from other images; choose another --batches-dir")
         generator.set_state(kept["generator"])

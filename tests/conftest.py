@@ -50,6 +50,17 @@ def make_ckpt(
     return save_classifier(model.eval(), path)
 
 
+class Recorder:
+    """Wraps a function, recording the arguments of every call (to check what an entry point hands on)."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, []
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append((args, kwargs))
+        return self.fn(*args, **kwargs)
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch):
     """Caches go to a temporary folder; one thread, since threads only add overhead for tiny models."""

@@ -319,3 +319,57 @@ def test_the_engine_variable_chooses_the_torchattacks_chain_and_the_report_says_
     with pytest.raises(RobgenError) as err:
         A.reference_autoattack()
     assert str(err.value) == "$ROBGEN_AUTOATTACK_ENGINE='fab': use reference or torchattacks"
+
+
+class FakeGitAutoAttack:
+    """The git install's API (`import autoattack`): verbose= in the constructor, bs= in run_standard_evaluation."""
+
+    made: list = []
+
+    def __init__(self, model, **kwargs):
+        self.model, self.kwargs = model, kwargs
+        self.apgd, self.apgd_targeted, self.fab = (types.SimpleNamespace(n_iter=None, n_target_classes=None)
+                                                   for _ in range(3))
+        FakeGitAutoAttack.made.append(self)
+
+    def run_standard_evaluation(self, x, y, bs):
+        self.ran = (x, y, bs)
+        return x + 0.25
+
+
+@pytest.mark.parametrize("classes, targets", [(5, 4), (12, 9)])
+def test_the_git_installs_autoattack_gets_the_same_standard_call(monkeypatch, classes, targets):
+    monkeypatch.setitem(sys.modules, "autoattack", types.SimpleNamespace(AutoAttack=FakeGitAutoAttack,
+                                                                         __name__="autoattack"))
+    monkeypatch.setattr(A, "reference_autoattack", lambda: ("autoattack", "0.1"))
+    FakeGitAutoAttack.made = []
+    model, x, y = nn.Identity(), torch.rand(3, 3, 4, 4, dtype=torch.float64), torch.tensor([0, 1, 2])
+    spec = ATTACKS.get("autoattack").replace(steps=7, norm="l2", eps=0.5)
+    out = A._reference_autoattack(spec, model, x, y, num_classes=classes, seed=11)
+    (adversary,) = FakeGitAutoAttack.made
+    assert adversary.model is model and adversary.kwargs == dict(norm="L2", eps=0.5, version="standard", seed=11,
+                                                                 verbose=False, device=x.device)
+    assert adversary.verbose is False
+    assert adversary.apgd_targeted.n_target_classes == adversary.fab.n_target_classes == targets
+    assert adversary.apgd.n_iter == adversary.apgd_targeted.n_iter == adversary.fab.n_iter == 7
+    ran_x, ran_y, bs = adversary.ran
+    assert ran_x.dtype == torch.float32 and torch.equal(ran_x, x.float()) and ran_y is y and bs == 3
+    assert torch.equal(out, x.float() + 0.25)
+
+
+def test_the_reference_engines_version_when_its_metadata_is_missing(monkeypatch):
+    pytest.importorskip("pyautoattack")
+    monkeypatch.delitem(sys.modules, "pyautoattack", raising=False)  # found on the path, not yet imported
+    assert A.reference_autoattack() == ("pyautoattack", A.importlib.metadata.version("pyautoattack"))
+
+    def no_metadata(name):
+        raise A.importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(A.importlib.metadata, "version", no_metadata)  # e.g. a source checkout on PYTHONPATH
+    assert A.reference_autoattack() == ("pyautoattack", "unknown")
+
+
+def test_random_draws_take_the_dtype_of_what_they_perturb():
+    like = torch.zeros(2, dtype=torch.float64)
+    for draw in (A._randn, A._rand):
+        assert draw((2, 3), torch.Generator().manual_seed(0), like).dtype == torch.float64

@@ -81,6 +81,9 @@ def test_sgld_rand_gives_each_chain_its_own_log_normal_step_size():
         x = (x - eta / 2 * g + torch.sqrt(2 * eta) * 0.01 * torch.randn(x0.shape, generator=gen)).clamp(0, 1)
     torch.testing.assert_close(x2, x, rtol=0, atol=1e-6)
     assert eta.flatten().unique().numel() == 6
+    # --alpha replaces sqrt(2 eta_i) for every chain alike
+    with_alpha = SamplerConfig(steps=1, step_size=0.3, noise=0.01, alpha=0.5).noise_std_per_chain(eta)
+    torch.testing.assert_close(with_alpha, torch.full_like(eta, 0.005), rtol=0, atol=1e-9)
     with pytest.raises(RobgenError, match="the sgld sampler does not read --step-spread"):
         generate.SampleConfig(step_spread=0.5).check()
     with pytest.raises(RobgenError, match="--step-spread must be >= 0"):

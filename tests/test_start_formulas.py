@@ -14,7 +14,7 @@ from robgen.data import labels_of, load_split
 from robgen.sample import starts as S
 from robgen.seeds import class_seed
 
-from conftest import make_ckpt, write_image_folder
+from conftest import Recorder, make_ckpt, write_image_folder
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -241,17 +241,6 @@ def test_load_fit_names_the_file_it_cannot_read(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(RobgenError, match=f"^{tmp_path / 'junk.safetensors'} is not a readable start fit \\("):
         S.load_fit(tmp_path / "junk.safetensors")
-
-
-class Recorder:
-    """Wraps a function, recording the arguments of every call."""
-
-    def __init__(self, fn):
-        self.fn, self.calls = fn, []
-
-    def __call__(self, *args, **kwargs):
-        self.calls.append((args, kwargs))
-        return self.fn(*args, **kwargs)
 
 
 @pytest.fixture

@@ -1,0 +1,62 @@
+"""robgen.evaluate's entry point and its kept-batch folder: `evaluate_checkpoint` hands every option to the step
+that reads it, and the folder's key and batch files keep their format (AutoAttack runs span sessions on it)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import Recorder, make_ckpt, write_image_folder
+from robgen import RobgenError, data as data_module
+from robgen import evaluate as evaluate_module
+from robgen.attacks import ATTACKS, AttackSpec
+from robgen.evaluate import KeptBatches, evaluate_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_evaluate_checkpoint_hands_every_option_on(tmp_path, monkeypatch):
+    root = write_image_folder(tmp_path / "d", per_class=3, size=8)
+    ckpt = make_ckpt(tmp_path / "m.safetensors", f"folder:{tmp_path / 'elsewhere'}", shape=(3, 8, 8))
+    loading, evaluating = Recorder(data_module.load_split), Recorder(evaluate_module.evaluate)
+    monkeypatch.setattr(data_module, "load_split", loading)
+    monkeypatch.setattr(evaluate_module, "evaluate", evaluating)
+    kept = tmp_path / "runs" / "batches"  # two levels that do not exist yet
+    r = evaluate_checkpoint(ckpt, f"folder:{root}", norm="l2", eps=0.3, step_size=0.1, steps=2, device="cpu",
+                            data_root=tmp_path / "root", batches_dir=kept, attack="pgd", n=6, batch_size=4, seed=1,
+                            workers=0)
+    assert loading.calls == [((f"folder:{root}", "test"), dict(root=tmp_path / "root", download=False, n=6, seed=1))]
+    spec = AttackSpec("pgd", eps=0.3, step_size=0.1, steps=2, norm="l2")
+    (_, _, given), options = evaluating.calls[0]
+    assert given == spec and options == dict(batch_size=4, seed=1, device="cpu", workers=0, batches_dir=kept)
+    assert r["spec"] == dataclasses.asdict(spec) and r["attack"]["name"] == "pgd" and r["n"] == 6
+    assert (r["data"], r["ckpt"], r["seed"]) == (f"folder:{root}", ckpt, 1)
+    assert sorted(p.name for p in kept.iterdir()) == ["batch_00000.pt", "batch_00001.pt", "key.json"]
+    with pytest.raises(RobgenError, match="^unknown eval option 'bogus'; known: "):
+        evaluate_checkpoint(ckpt, f"folder:{root}", bogus=1)
+
+
+def test_the_kept_batch_key_of_the_autoattack_run_in_flight_is_unchanged(tmp_path, monkeypatch):
+    """experiments/c10-fast/aa/weat_c10_reference/ keeps batches across sessions: the key this code writes for the
+    same evaluation must be that file, byte for byte, or the run would refuse its own folder."""
+    from robgen.models.checkpoint import load_classifier
+
+    committed = ROOT / "experiments/c10-fast/aa/weat_c10_reference/key.json"
+    engine = {k: v for k, v in json.loads(committed.read_text())["attack"].items()
+              if k in ("engine", "note", "version")}
+    monkeypatch.setattr(evaluate_module, "attack_engine", lambda spec: engine)  # whichever engine is installed here
+    spec = ATTACKS.get("autoattack").in_norm("l2")
+    KeptBatches(tmp_path / "a" / "b", load_classifier("weat_c10"), spec, batch_size=100, seed=0, n=1000)
+    assert (tmp_path / "a" / "b" / "key.json").read_bytes() == committed.read_bytes()
+
+
+def test_a_kept_batch_is_never_unpickled(tmp_path):
+    model = __import__("robgen").load_classifier(make_ckpt(tmp_path / "m.safetensors", "x", shape=(3, 8, 8)))
+    kept = KeptBatches(tmp_path / "k", model, ATTACKS.get("pgd10"), batch_size=2, seed=0, n=2)
+    torch.save({"rows": Path("not a tensor")}, tmp_path / "k" / "batch_00000.pt")  # a pickled object
+    with pytest.raises(RobgenError, match=r"batch_00000.pt is not a batch file robgen wrote \(UnpicklingError\); "
+                                          "choose another --batches-dir$"):
+        kept.load(0, torch.zeros(2, 3, 8, 8), torch.zeros(2, dtype=torch.long), torch.Generator())
