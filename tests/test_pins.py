@@ -456,7 +456,45 @@ def test_the_training_attack_is_the_losss_own_attack(model_and_batch, monkeypatc
     ({"steps": 0}, "--steps must be positive"), ({"step_size": 0.0}, "--step-size must be positive"),
     ({"noise": -0.1}, "--noise must be >= 0"), ({"momentum": 1.0}, r"--momentum must be in \[0, 1\)"),
     ({"norm": "l1"}, "unknown norm 'l1'"), ({"eps": 0.0}, "--eps must be positive"),
+    ({"step_size": math.inf}, "--step-size must be positive, got inf"), ({"noise": math.inf}, "--noise must be >= 0"),
+    ({"alpha": -1.0}, "--alpha must be >= 0, got -1.0"), ({"alpha": math.inf}, "--alpha must be >= 0"),
+    ({"eps": math.inf}, "--eps must be positive"), ({"step_spread": math.inf}, "--step-spread must be >= 0"),
+    ({"noise": math.nan}, "--noise must be >= 0"),
 ])
 def test_sampler_settings_out_of_range_are_one_line_errors(bad, message):
-    with pytest.raises(RobgenError, match=message):
+    with pytest.raises(RobgenError, match=f"^{message}"):
         SamplerConfig(**{"steps": 1, "step_size": 0.1, **bad})
+
+
+def test_sampler_settings_at_their_bounds_are_accepted():
+    cfg = SamplerConfig(steps=1, step_size=0.1, noise=0.0, alpha=0.0, momentum=0.0, step_spread=0.0)
+    assert cfg.noise_std == 0.0 and cfg.step_spread == 0.0
+
+
+def test_early_stop_counts_reaching_the_target_exactly():
+    x0 = torch.full((1, 1, 2, 2), 0.5)
+    cfg = SamplerConfig(steps=3, step_size=0.2, noise=0.0)
+    x, _ = descend("sgld", lambda x: (torch.full((1,), 0.25), torch.ones_like(x)), x0, cfg, torch.Generator(),
+                   stop_at=torch.tensor([0.25]))
+    assert torch.equal(x, x0)  # E = 0.25 <= 0.25 before the first step: frozen at the start
+
+
+@pytest.mark.parametrize("bad_step", [0, 2])
+def test_a_non_finite_energy_is_reported_with_its_step(bad_step):
+    calls = []
+
+    def energy_fn(x):
+        calls.append(1)
+        e = torch.zeros(2)
+        if len(calls) > bad_step:
+            e[1] = math.nan
+        return e, torch.zeros_like(x)
+
+    cfg = SamplerConfig(steps=4, step_size=0.3, noise=0.0)
+    expected = ("the energy is NaN/inf at step 0 of sgld, before any step: the model gives non-finite logits on the "
+                "starts (NaN weights or a zero normalisation std in the checkpoint, or a start fit holding NaN)"
+                if bad_step == 0 else
+                "the energy became NaN/inf at step 2 of sgld; lower --step-size (now 0.3) or drop --bf16")
+    with pytest.raises(RobgenError) as err:
+        descend("sgld", energy_fn, torch.full((2, 1, 2, 2), 0.5), cfg, torch.Generator())
+    assert str(err.value) == expected

@@ -340,3 +340,15 @@ def test_export_fit_writes_what_its_start_needs(tiny, tmp_path, monkeypatch, ini
     assert next(fitting.calls[0][1]["model"].parameters()).device.type == "cpu"  # "auto" fits on the CPU
     with pytest.raises(RobgenError, match="exists"):
         S.export_fit(path, out, init=init)  # never replaced without overwrite=True
+
+
+def test_fit_starts_reads_the_split_it_is_given_from_root(tmp_path, monkeypatch):
+    from robgen import data as data_module
+
+    root = write_image_folder(tmp_path / "d", per_class=2, size=4)
+    loading = Recorder(data_module.load_split)
+    monkeypatch.setattr(data_module, "load_split", loading)
+    S.fit_starts(f"folder:{root}", root=tmp_path / "r", progress=False)
+    S.fit_starts(f"folder:{root}", split="test", download=False, progress=False)
+    assert loading.calls == [((f"folder:{root}", "train"), dict(root=tmp_path / "r", download=False)),
+                             ((f"folder:{root}", "test"), dict(root=None, download=False))]
