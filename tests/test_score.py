@@ -650,3 +650,55 @@ def test_write_stats_never_replaces_a_file_unasked_and_none_means_the_default(tm
         metrics.write_stats(out, **tiny(ref=sets["ref"]))
     assert metrics.write_stats(out, overwrite=True, **tiny(ref=sets["ref"]))["reference_size"] == 40
     assert metrics.score(sets["samples"], ref=str(out), n=2, **tiny())["protocol"]["num_samples"] == 2  # two suffice
+
+
+def test_the_cleanfid_engine_resizes_as_cleanfid_does_and_scores_with_its_functions():
+    """CleanFid without the real trunk: its batch is clean-fid's resize then the trunk's layers in order (a stand-in
+    trunk here), its FID and KID are clean-fid's own functions (KID on NumPy's global generator, seeded)."""
+    import importlib.metadata
+
+    pytest.importorskip("cleanfid")
+    from cleanfid.fid import frechet_distance, kernel_distance
+    from cleanfid.resize import build_resizer
+
+    from robgen.inception import TRUNK_LAYERS
+    from robgen.metrics.engines import CleanFid, Extractor
+
+    trunk = torch.nn.Module()
+    for i, name in enumerate(TRUNK_LAYERS):  # each layer scales by its position, so the order shows
+        setattr(trunk, name, torch.nn.AdaptiveAvgPool2d(3) if name == "AvgPool" else Scale(1 + i / 100))
+    images = torch.randint(0, 256, (2, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    resize = build_resizer("clean")
+    x = torch.from_numpy(np.stack([resize(img) for img in images.permute(0, 2, 3, 1).numpy()])).permute(0, 3, 1, 2)
+    want = (x - 128) / 128
+    for i, name in enumerate(TRUNK_LAYERS):
+        want = getattr(trunk, name)(want)
+    backend = CleanFid()
+    for channels_last in (False, True):
+        extractor = Extractor(module=trunk, name="inception-v3-compat", weights_sha256="sha", weights_source="test",
+                              has_logits=False, device=torch.device("cpu"), channels_last=channels_last)
+        (got,) = backend.batch(images, extractor)
+        torch.testing.assert_close(got, want.flatten(1), rtol=1e-5, atol=1e-5)
+    other = Extractor(module=trunk, name="other", weights_sha256=None, weights_source="test", has_logits=False,
+                      device=torch.device("cpu"), channels_last=False)
+    with pytest.raises(RobgenError, match="^the clean-fid backend scores with Inception-v3 only; drop "
+                                          "--feature-extractor$"):
+        backend.batch(images, other)
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(60, 6)), rng.normal(0.3, 1.2, size=(50, 6))
+    stats = {k: {"mu": f.mean(0), "sigma": np.cov(f, rowvar=False)} for k, f in (("a", a), ("b", b))}
+    assert backend.fid(stats["a"], stats["b"]) == float(frechet_distance(a.mean(0), np.cov(a, rowvar=False),
+                                                                         b.mean(0), np.cov(b, rowvar=False)))
+    np.random.seed(3)
+    kid = kernel_distance(a, b, num_subsets=4, max_subset_size=20)
+    assert backend.kid(a, b, 4, 20, 3) == {"kid": kid} and backend.kid(a, b, 4, 20, 4) != {"kid": kid}
+    assert backend.version() == importlib.metadata.version("clean-fid")
+
+
+class Scale(torch.nn.Module):
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        return x * self.factor
