@@ -60,3 +60,20 @@ def test_a_kept_batch_is_never_unpickled(tmp_path):
     with pytest.raises(RobgenError, match=r"batch_00000.pt is not a batch file robgen wrote \(UnpicklingError\); "
                                           "choose another --batches-dir$"):
         kept.load(0, torch.zeros(2, 3, 8, 8), torch.zeros(2, dtype=torch.long), torch.Generator())
+
+
+def test_collect_energies_keys_its_kept_batches_by_what_it_was_given_and_checks_its_numbers(tmp_path):
+    from torch.utils.data import TensorDataset
+
+    from robgen.evaluate import collect_energies
+
+    model = __import__("robgen").load_classifier(make_ckpt(tmp_path / "m.safetensors", "x", shape=(3, 8, 8)))
+    data = TensorDataset(torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 0, 1]))
+    collect_energies(model, data, "pgd10", batch_size=2, seed=3, workers=0, progress=False, batches_dir=tmp_path / "k")
+    key = json.loads((tmp_path / "k" / "key.json").read_text())
+    assert (key["batch_size"], key["seed"], key["n"]) == (2, 3, 5)
+    for bad, message in [(dict(batch_size=0), "--batch-size must be a whole number, positive; got 0"),
+                         (dict(workers=-1), "--workers must be a whole number, at least 0; got -1"),
+                         (dict(seed=-1), r"--seed must be a whole number in \[0, 2\*\*63\), got -1")]:
+        with pytest.raises(RobgenError, match=f"^{message}$"):
+            collect_energies(model, data, "pgd10", progress=False, **{"workers": 0, **bad})
