@@ -360,3 +360,20 @@ def test_the_readmes_benchmark_figures_are_the_committed_outputs():
     recipe = dict(re.findall(r"^  (\S+) +\(\d attack steps\):.* ratio ([\d.]+)", (results / "bench_recipe.txt").read_text(), re.M))
     assert (f"standard {recipe['standard']}, sat {recipe['sat']} (2 attack steps; goal 3.3), "
             f"weat-adv {recipe['weat-adv']}") in flat
+
+
+def test_the_mutation_table_counts_the_committed_results():
+    """docs/MUTATION.md's row per module is the count of its committed `mutant: status` file in docs/mutation/."""
+    text = (ROOT / "docs" / "MUTATION.md").read_text()
+    files = sorted((ROOT / "docs" / "mutation").glob("*.txt"))
+    assert files
+    for path in files:
+        statuses = [line.rsplit(": ", 1)[1] for line in path.read_text().splitlines()]
+        killed, total = statuses.count("killed"), len(statuses)
+        unreached = statuses.count("no tests")
+        survived = total - killed - unreached
+        row = re.search(rf"^\| `{re.escape(path.stem)}` \| [^|]+ \| ([\d,]+) \| ([\d,]+) \| ([\d,]+) \| ([\d,]+) \| "
+                        rf"([\d.]+)% \|", text, re.M)
+        assert row, path.stem
+        assert [int(g.replace(",", "")) for g in row.groups()[:4]] == [total, killed, survived, unreached], path.stem
+        assert row.group(5) == f"{100 * killed / total:.1f}", path.stem
