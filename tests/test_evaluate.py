@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 from conftest import Recorder, make_ckpt, write_image_folder
-from robgen import RobgenError, data as data_module
+from robgen import RobgenError, data as data_module, load_classifier
 from robgen import evaluate as evaluate_module
 from robgen.attacks import ATTACKS, AttackSpec
-from robgen.evaluate import KeptBatches, evaluate_checkpoint
+from robgen.evaluate import KeptBatches, collect_energies, evaluate_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,8 +43,6 @@ def test_evaluate_checkpoint_hands_every_option_on(tmp_path, monkeypatch):
 def test_the_kept_batch_key_of_the_autoattack_run_in_flight_is_unchanged(tmp_path, monkeypatch):
     """experiments/c10-fast/aa/weat_c10_reference/ keeps batches across sessions: the key this code writes for the
     same evaluation must be that file, byte for byte, or the run would refuse its own folder."""
-    from robgen.models.checkpoint import load_classifier
-
     committed = ROOT / "experiments/c10-fast/aa/weat_c10_reference/key.json"
     engine = {k: v for k, v in json.loads(committed.read_text())["attack"].items()
               if k in ("engine", "note", "version")}
@@ -54,7 +53,7 @@ def test_the_kept_batch_key_of_the_autoattack_run_in_flight_is_unchanged(tmp_pat
 
 
 def test_a_kept_batch_is_never_unpickled(tmp_path):
-    model = __import__("robgen").load_classifier(make_ckpt(tmp_path / "m.safetensors", "x", shape=(3, 8, 8)))
+    model = load_classifier(make_ckpt(tmp_path / "m.safetensors", "x", shape=(3, 8, 8)))
     kept = KeptBatches(tmp_path / "k", model, ATTACKS.get("pgd10"), batch_size=2, seed=0, n=2)
     torch.save({"rows": Path("not a tensor")}, tmp_path / "k" / "batch_00000.pt")  # a pickled object
     with pytest.raises(RobgenError, match=r"batch_00000.pt is not a batch file robgen wrote \(UnpicklingError\); "
@@ -63,11 +62,7 @@ def test_a_kept_batch_is_never_unpickled(tmp_path):
 
 
 def test_collect_energies_keys_its_kept_batches_by_what_it_was_given_and_checks_its_numbers(tmp_path):
-    from torch.utils.data import TensorDataset
-
-    from robgen.evaluate import collect_energies
-
-    model = __import__("robgen").load_classifier(make_ckpt(tmp_path / "m.safetensors", "x", shape=(3, 8, 8)))
+    model = load_classifier(make_ckpt(tmp_path / "m.safetensors", "x", shape=(3, 8, 8)))
     data = TensorDataset(torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 0, 1]))
     collect_energies(model, data, "pgd10", batch_size=2, seed=3, workers=0, progress=False, batches_dir=tmp_path / "k")
     key = json.loads((tmp_path / "k" / "key.json").read_text())

@@ -251,12 +251,15 @@ def tiny(tmp_path):
     return root, path, __import__("robgen").load_classifier(path)
 
 
+def resolver(model, path):
+    """resolve_fit for the tiny checkpoint (sha "sha"), the start and options given per call."""
+    return lambda init="pca", **kw: S.resolve_fit(init, model=model, ckpt_path=path, checkpoint_sha256="sha", **kw)
+
+
 def test_resolve_fit_tries_each_source_in_order_and_says_which(tiny, tmp_path, monkeypatch):
     root, path, model = tiny
     dataset = f"folder:{root}"
-
-    def resolve(init="pca", **kw):
-        return S.resolve_fit(init, model=model, ckpt_path=path, checkpoint_sha256="sha", **kw)
+    resolve = resolver(model, path)
 
     assert resolve("uniform") == (None, "none")  # a start that needs no fit
     fitting = Recorder(S.fit_starts)
@@ -284,9 +287,7 @@ def test_resolve_fit_tries_each_source_in_order_and_says_which(tiny, tmp_path, m
 
 def test_resolve_fit_reads_start_stats_then_the_shipped_fit(tiny, tmp_path):
     root, path, model = tiny
-
-    def resolve(init="pca", **kw):
-        return S.resolve_fit(init, model=model, ckpt_path=path, checkpoint_sha256="sha", **kw)
+    resolve = resolver(model, path)
 
     fit = S.fit_starts(f"folder:{root}", model=model, checkpoint_sha256="other", progress=False)
     stats = S.save_fit(fit, tmp_path / "stats.starts.safetensors")
