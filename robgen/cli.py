@@ -172,6 +172,8 @@ def import_cmd(src, arch, out, data, mean, std, fp16, overwrite):
 @click.option("--batches-dir", type=click.Path(file_okay=False), default=None,
               help="keep each finished batch here; rerunning with the same folder continues a killed run (long "
                    "AutoAttack runs on a CPU)")
+@config_option(EvalConfig, "channels_last", "--channels-last/--no-channels-last",
+               help="channels_last convolutions: attacks about 1.3x faster on CPU; a borderline prediction may differ")
 @device_option
 @seed_option(EvalConfig)
 @json_option

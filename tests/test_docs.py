@@ -369,6 +369,11 @@ def test_the_readmes_benchmark_figures_are_the_committed_outputs():
     recipe = dict(re.findall(r"^  (\S+) +\(\d attack steps\):.* ratio ([\d.]+)", (results / "bench_recipe.txt").read_text(), re.M))
     assert (f"standard {recipe['standard']}, sat {recipe['sat']} (2 attack steps; goal 3.3), "
             f"weat-adv {recipe['weat-adv']}") in flat
+    layout = (results / "bench_eval_layout.txt").read_text()
+    ratio, differ = re.search(r"speed ratio ([\d.]+)\n.*differ: (\d+ of \d+);", layout).groups()
+    assert f"speed ratio {ratio}, {differ} predictions differ" in flat
+    assert f"attacks {ratio}x faster on this CPU (benchmarks/results/bench_eval_layout.txt)" in " ".join(
+        (ROOT / "robgen" / "evaluate.py").read_text().replace("#", "").split())
 
 
 def test_the_mutation_table_counts_the_committed_results():

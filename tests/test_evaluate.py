@@ -28,12 +28,15 @@ def test_evaluate_checkpoint_hands_every_option_on(tmp_path, monkeypatch):
     kept = tmp_path / "runs" / "batches"  # two levels that do not exist yet
     r = evaluate_checkpoint(ckpt, f"folder:{root}", norm="l2", eps=0.3, step_size=0.1, steps=2, device="cpu",
                             data_root=tmp_path / "root", batches_dir=kept, attack="pgd", n=6, batch_size=4, seed=1,
-                            workers=0)
+                            workers=0, channels_last=True)
     assert loading.calls == [((f"folder:{root}", "test"), dict(root=tmp_path / "root", download=False, n=6, seed=1))]
     spec = AttackSpec("pgd", eps=0.3, step_size=0.1, steps=2, norm="l2")
     (_, _, given), options = evaluating.calls[0]
-    assert given == spec and options == dict(batch_size=4, seed=1, device="cpu", workers=0, batches_dir=kept)
+    assert given == spec and options == dict(batch_size=4, seed=1, device="cpu", workers=0, batches_dir=kept,
+                                             channels_last=True)
     assert r["spec"] == dataclasses.asdict(spec) and r["attack"]["name"] == "pgd" and r["n"] == 6
+    assert r["channels_last"] is True and "channels_last" not in evaluate_checkpoint(ckpt, f"folder:{root}", n=2,
+                                                                                      workers=0)
     assert (r["data"], r["ckpt"], r["seed"]) == (f"folder:{root}", ckpt, 1)
     assert sorted(p.name for p in kept.iterdir()) == ["batch_00000.pt", "batch_00001.pt", "key.json"]
     with pytest.raises(RobgenError, match="^unknown eval option 'bogus'; known: "):
@@ -72,3 +75,19 @@ def test_collect_energies_keys_its_kept_batches_by_what_it_was_given_and_checks_
                          (dict(seed=-1), r"--seed must be a whole number in \[0, 2\*\*63\), got -1")]:
         with pytest.raises(RobgenError, match=f"^{message}$"):
             collect_energies(model, data, "pgd10", progress=False, **{"workers": 0, **bad})
+
+
+def test_the_channels_last_layout_moves_results_by_rounding_only_and_keys_its_batches_apart(tmp_path):
+    model = load_classifier(make_ckpt(tmp_path / "m.safetensors", "x", shape=(3, 8, 8)))
+    data = TensorDataset(torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2] * 2))
+    run = dict(batch_size=3, workers=0, progress=False)
+    contiguous = collect_energies(model, data, "pgd10", batches_dir=tmp_path / "c", **run)
+    channels_last = collect_energies(model, data, "pgd10", batches_dir=tmp_path / "l", channels_last=True, **run)
+    assert next(model.parameters()).dim() == 4 and next(model.parameters()).is_contiguous(
+        memory_format=torch.channels_last)  # the layout was in effect
+    assert torch.equal(contiguous["pred_adv"], channels_last["pred_adv"])
+    torch.testing.assert_close(contiguous["E_adv"], channels_last["E_adv"], rtol=1e-4, atol=1e-4)
+    assert "channels_last" not in json.loads((tmp_path / "c" / "key.json").read_text())
+    assert json.loads((tmp_path / "l" / "key.json").read_text())["channels_last"] is True
+    with pytest.raises(RobgenError, match="keeps the batches of another evaluation"):  # rounding differs: no reuse
+        collect_energies(model, data, "pgd10", batches_dir=tmp_path / "c", channels_last=True, **run)

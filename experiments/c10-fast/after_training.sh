@@ -16,8 +16,9 @@ E=experiments/c10-fast
 
 evaluate() {  # evaluate RUN ATTACK
   local f=$E/$1/eval_test10k.json
+  # channels_last from session 8 on (1.33x faster; weat-adv-linf, weat-adv-l2 and standard were evaluated without)
   [ -f "$f" ] || nice -n 5 robgen eval --ckpt $E/$1/best.safetensors --data "$DATA" --attack "$2" --n 10000 \
-    --json > "$f.tmp" 2>> $E/$1.eval.log && mv "$f.tmp" "$f"
+    --channels-last --json > "$f.tmp" 2>> $E/$1.eval.log && mv "$f.tmp" "$f"
 }
 
 proxy() {
