@@ -11,13 +11,16 @@ DATA=${DATA:-folder:/tmp/c10}
 E=experiments/c10-fast
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
-aa() {  # aa RUN
+aa() {  # aa RUN: skipped when done, not yet evaluated, or running in another lane (lanes.sh runs two of this script)
   local f=$E/$1/aa1k.json norm
-  [ -f "$f" ] || [ ! -f "$E/$1/eval_test10k.json" ] && return
-  norm=$(python -c "import json; print(json.load(open('$E/$1/config.json'))['norm'])")
-  nice -n 5 robgen eval --ckpt "$E/$1/best.safetensors" --data "$DATA" --attack autoattack --norm "$norm" \
-    --n 1000 --seed 0 --batch-size 100 --channels-last --batches-dir "$E/$1/aa1k" --json > "$f.tmp" \
-    2>> "$E/$1.aa.log" && mv "$f.tmp" "$f"
+  (
+    flock -n 9 || exit 0
+    [ -f "$f" ] || [ ! -f "$E/$1/eval_test10k.json" ] && exit 0
+    norm=$(python -c "import json; print(json.load(open('$E/$1/config.json'))['norm'])")
+    nice -n 5 robgen eval --ckpt "$E/$1/best.safetensors" --data "$DATA" --attack autoattack --norm "$norm" \
+      --n 1000 --seed 0 --batch-size 100 --channels-last --batches-dir "$E/$1/aa1k" --json > "$f.tmp" \
+      2>> "$E/$1.aa.log" && mv "$f.tmp" "$f"
+  ) 9> "/tmp/robgen-c10-fast-aa-$1.lock"
 }
 
 runs=("$@")
