@@ -186,7 +186,8 @@ def eval_cmd(ckpt, data, data_root, download, norm, eps, step_size, steps, batch
     a, spec = r["attack"], r["spec"]
     emit(r, as_json, [
         f"{r['ckpt']} on {r['data']} test, {r['n']} images, attack {a['name']} "
-        f"(eps {spec['eps']:.4f}, step {spec['step_size']:.4f}, {spec['steps']} steps), seed {r['seed']}",
+        f"(eps {spec['eps']:.4f}, step {spec['step_size']:.4f}, {spec['steps']} steps), seed {r['seed']}"
+        + (", channels_last" if r.get("channels_last") else ""),
         *([f"engine           {a['engine']}" + "".join(f", {a[k]}" for k in ("version", "note") if k in a)]
           if a["name"] != "none" else []),
         f"clean accuracy   {r['clean_acc']:.2f}%",

@@ -24,6 +24,9 @@ def test_eval_accepts_fractions_and_prints_lines(ckpt):
     result = run("eval", "--ckpt", ckpt, "--attack", "fgsm", "--eps", "4/255", "--n", 6, "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert "eps 0.0157" in result.output and "robust accuracy" in result.output
+    assert "channels_last" not in result.output
+    layout = run("eval", "--ckpt", ckpt, "--attack", "fgsm", "--n", 6, "--device", "cpu", "--channels-last")
+    assert layout.exit_code == 0 and "seed 0, channels_last\n" in layout.output, layout.output
 
 
 def test_eval_on_mismatched_data_is_one_line(ckpt, tmp_path):
