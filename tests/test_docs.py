@@ -235,12 +235,12 @@ def test_the_accuracy_per_method_table_is_its_runs_evaluations():
             result, config = json.loads(path.read_text()), json.loads((path.parent / "config.json").read_text())
             spec = result["attack"]
             assert (result["n"], spec["steps"], spec["norm"], spec["eps"]) == (10000, 20, config["norm"], config["eps"])
-    reports = [ROOT / "experiments" / "c10-fast" / "aa" / "weat_c10_reference.json",
-               *[ROOT / "experiments" / "c10-fast" / run / "aa1k.json" for run in runs]]
-    for path in filter(Path.is_file, reports):  # the reference AutoAttack on the same seeded 1,000 in the run's norm
-        result = json.loads(path.read_text())
-        config = json.loads((ROOT / "experiments" / "c10-fast" / (path.parent.name if path.name == "aa1k.json"
-                                                                   else "weat-adv-l2") / "config.json").read_text())
+    fast = ROOT / "experiments" / "c10-fast"
+    reports = {run: fast / run / "aa1k.json" for run in runs} | {"weat-adv-l2": fast / "aa" / "weat_c10_reference.json"}
+    for run, path in reports.items():  # the reference AutoAttack on the same seeded 1,000 in the run's threat model
+        if not path.is_file():
+            continue
+        result, config = json.loads(path.read_text()), json.loads((fast / run / "config.json").read_text())
         assert (result["n"], result["seed"], result["attack"]["method"]) == (1000, 0, "autoattack")
         assert (result["attack"]["norm"], result["attack"]["engine"].split()[0]) == (config["norm"], "pyautoattack")
         assert math.isclose(result["attack"]["eps"], config["eps"])
