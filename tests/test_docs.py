@@ -391,3 +391,23 @@ def test_the_mutation_table_counts_the_committed_results():
         assert row, path.stem
         assert [int(g.replace(",", "")) for g in row.groups()[:4]] == [total, killed, survived, unreached], path.stem
         assert row.group(5) == f"{100 * killed / total:.1f}", path.stem
+
+
+def test_the_readme_and_card_give_both_autoattack_engines_on_the_same_1000_images():
+    """Issue 12: the default's AutoAttack by the reference implementation (the figure) and the torchattacks chain,
+    on the same seeded 1,000 test images and the same weights, quoted from their reports."""
+    aa = ROOT / "experiments" / "c10-fast" / "aa"
+    keys = {e: json.loads((aa / f"weat_c10_{e}" / "key.json").read_text()) for e in ("reference", "torchattacks")}
+    engine_fields = ("engine", "version", "note")
+    same = [{k: v for k, v in key.items() if k != "attack"} | {
+        k: v for k, v in key["attack"].items() if k not in engine_fields} for key in keys.values()]
+    assert same[0] == same[1] and same[0]["n"] == 1000 and same[0]["seed"] == 0
+    readme, card = " ".join(README.split()), " ".join((ROOT / "checkpoints" / "weat_c10.md").read_text().split())
+    for engine in keys:
+        report = json.loads((aa / f"weat_c10_{engine}.json").read_text())
+        assert report["attack"]["engine"] == keys[engine]["attack"]["engine"] and report["n"] == 1000
+        figure = f"{report['robust_acc']:.1f}% ({report['attack']['engine']})"
+        assert figure in readme and figure in card
+    pgd = json.loads((aa / "weat_c10_pgd20-l2.json").read_text())  # the same images under PGD-20-L2, for scale
+    assert (pgd["n"], pgd["seed"], pgd["attack"]["name"], round(pgd["clean_acc"], 1)) == (1000, 0, "pgd20-l2", 75.7)
+    assert f"| {pgd['robust_acc']:.1f}% |" in card and f"the same 1,000 leaves {pgd['robust_acc']:.1f}%" in readme
